@@ -1,0 +1,26 @@
+"""The `xpl` command: config display and one-line errors without tracebacks."""
+
+import subprocess
+import sys
+
+
+def xpl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xpl.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_config_show_prints_the_resolved_config():
+    out = xpl("config", "show", "teacher.train.steps=9", "data.root=/x")
+    assert out.returncode == 0, out.stderr
+    assert "vocab: /x/vocab.json" in out.stdout
+    assert "steps: 9" in out.stdout
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path):
+    for args, expected in [
+        (("config", "show", "model.backbonez=tiny"), "model.backbonez"),
+        (("config", "show", "--config", str(tmp_path / "nope.yaml")), "nope.yaml: config file not found"),
+    ]:
+        out = xpl(*args)
+        assert out.returncode == 2
+        assert out.stderr.strip().startswith("xpl: error:") and expected in out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

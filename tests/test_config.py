@@ -1,0 +1,72 @@
+"""Structured configs: defaults, YAML presets, dotlist overrides and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from xpl.config import from_dict, load_config, to_dict
+from xpl.errors import XPLError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_shapes_world_and_interpolations_resolve():
+    cfg = load_config()
+    assert cfg.data.vocab == "data/shapes/vocab.json"
+    assert cfg.model.image_size == 128
+    assert cfg.teacher.init == "outputs/shapes/pretrain/model.pt"
+
+
+@pytest.mark.parametrize("name", ["shapes.yaml", "coco_ovis.yaml", "oi_cc.yaml"])
+def test_presets_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.run_name == name.removesuffix(".yaml")
+
+
+def test_coco_preset_is_the_48_17_split():
+    import json
+
+    cfg = load_config(CONFIGS / "coco_ovis.yaml")
+    cats = json.loads((CONFIGS.parent / cfg.data.vocab).read_text())["categories"]
+    assert sum(c["split"] == "base" for c in cats) == 48 and sum(c["split"] == "novel" for c in cats) == 17
+
+
+def test_overrides_apply_after_the_file_and_reach_interpolations():
+    cfg = load_config(CONFIGS / "shapes.yaml", ["data.root=/tmp/w", "teacher.train.steps=7", "run_name=x"])
+    assert cfg.data.vocab == "/tmp/w/vocab.json"
+    assert cfg.teacher.train.steps == 7
+    assert cfg.teacher.init == "outputs/x/pretrain/model.pt"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["teacher.train.stepz=5"], "teacher.train.stepz"),
+        (["teacher.train.steps=many"], "teacher.train.steps"),
+        (["nonsense"], "expected key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(XPLError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_bad_files_name_the_file(tmp_path):
+    with pytest.raises(XPLError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  backbone: tiny\n  depth: 3\n")
+    with pytest.raises(XPLError) as err:
+        load_config(bad)
+    assert "bad.yaml" in str(err.value) and "model.depth" in str(err.value)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(XPLError, match="broken.yaml: cannot read config"):
+        load_config(broken)
+
+
+def test_round_trip_through_plain_dicts():
+    cfg = load_config(None, ["pretrain.tau=0.5"])
+    again = from_dict(to_dict(cfg))
+    assert again == cfg and again.pretrain.tau == 0.5

@@ -1,0 +1,34 @@
+"""MLflow runs are found again by stage and run name, in a real SQLite store."""
+
+from mlflow.tracking import MlflowClient
+
+from xpl.tracking import config_digest, resolve_tracking_uri, stage_run
+
+
+def test_default_uri_is_sqlite_in_the_working_directory(tmp_path):
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_a_retried_stage_continues_its_run(tmp_path):
+    import mlflow
+
+    uri = resolve_tracking_uri(None, tmp_path)
+    with stage_run(uri, "exp", "demo", "teacher") as first:
+        mlflow.log_metric("loss", 2.0, step=1)
+    with stage_run(uri, "exp", "demo", "teacher") as again:
+        mlflow.log_metric("loss", 1.0, step=2)
+    with stage_run(uri, "exp", "demo", "pretrain") as other:
+        pass
+    assert again.info.run_id == first.info.run_id
+    assert other.info.run_id != first.info.run_id
+    client = MlflowClient(uri)
+    history = client.get_metric_history(first.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
+    exp = client.get_experiment_by_name("exp")
+    assert len(client.search_runs([exp.experiment_id])) == 2
+
+
+def test_config_digest_is_stable_and_order_free():
+    assert config_digest({"a": 1, "b": [1, 2]}) == config_digest({"b": [1, 2], "a": 1})
+    assert config_digest({"a": 1}) != config_digest({"a": 2})

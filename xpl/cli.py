@@ -1,0 +1,120 @@
+"""`xpl ...`: one subcommand per stage, plus the shapes world, config display and the whole demo.
+
+User mistakes (`XPLError`) print one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from xpl.errors import XPLError
+from xpl.runtime import apply_env_defaults
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (default: the embedded shapes preset)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. teacher.train.steps=50")
+
+
+def _load(args: argparse.Namespace):
+    from xpl.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from xpl.config import to_yaml
+
+    print(to_yaml(_load(args)), end="")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from xpl.data.shapes import synthesize
+
+    summary = synthesize(
+        Path(args.out), seed=args.seed, train_images=args.train_images, caption_images=args.caption_images,
+        val_images=args.val_images, shard_size=args.shard_size, image_size=args.image_size, progress=True,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _stage(module: str, function: str) -> Callable[[argparse.Namespace], None]:
+    """A subcommand that runs one stage on the running (or a new local) Ray cluster."""
+
+    def run(args: argparse.Namespace) -> None:
+        import importlib
+
+        from xpl.cluster import connect
+
+        cfg = _load(args)
+        connect()
+        result = getattr(importlib.import_module(module), function)(cfg)
+        print(json.dumps(result, indent=2, default=str))
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xpl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="inspect configuration")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    synth = sub.add_parser("synth", help="write the seeded shapes world (COCO json, caption shards, vocabulary)")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--train-images", type=int, default=300)
+    synth.add_argument("--caption-images", type=int, default=600)
+    synth.add_argument("--val-images", type=int, default=100)
+    synth.add_argument("--shard-size", type=int, default=100)
+    synth.add_argument("--image-size", type=int, default=128)
+    synth.set_defaults(func=cmd_synth)
+
+    stages = {
+        "pretrain": ("xpl.stages.pretrain", "run_pretrain", "caption pretraining of backbone + V2L"),
+        "train-teacher": ("xpl.stages.teacher", "run_teacher", "train the teacher Mask R-CNN on base classes"),
+        "pseudolabel": ("xpl.stages.pseudolabel", "run_pseudolabel", "pseudo-label caption shards with the teacher"),
+        "demo": ("xpl.stages.pipeline", "run_pipeline", "the whole pipeline on the configured data"),
+    }
+    for name, (module, function, text) in stages.items():
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.set_defaults(func=_stage(module, function))
+
+    make_shards = sub.add_parser("make-shards", help="COCO images + captions json -> img2dataset WebDataset shards")
+    make_shards.add_argument("--images", required=True, help="folder of COCO images (e.g. train2017)")
+    make_shards.add_argument("--captions", required=True, help="captions_train2017.json")
+    make_shards.add_argument("--out", required=True)
+    make_shards.add_argument("--shard-size", type=int, default=1000)
+    make_shards.set_defaults(func=cmd_make_shards)
+    return parser
+
+
+def cmd_make_shards(args: argparse.Namespace) -> None:
+    from xpl.data.make_shards import make_coco_caption_shards
+
+    summary = make_coco_caption_shards(Path(args.images), Path(args.captions), Path(args.out), shard_size=args.shard_size)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_env_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except XPLError as exc:
+        print(f"xpl: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

