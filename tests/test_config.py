@@ -10,11 +10,17 @@ from xpl.errors import XPLError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def test_defaults_are_the_shapes_world_and_interpolations_resolve():
-    cfg = load_config()
-    assert cfg.data.vocab == "data/shapes/vocab.json"
+def test_defaults_are_the_shapes_world_and_interpolations_resolve(tmp_path):
+    cfg = load_config(base_dir=tmp_path)
+    assert cfg.data.vocab == f"{tmp_path}/data/shapes/vocab.json"
     assert cfg.model.image_size == 128
-    assert cfg.teacher.init == "outputs/shapes/pretrain/model.pt"
+    assert cfg.teacher.init == f"{tmp_path}/outputs/shapes/pretrain/model.pt"
+
+
+def test_urls_and_absolute_paths_are_kept(tmp_path):
+    cfg = load_config(None, ["data.captions=s3://b/{00000..00009}.tar", "pseudolabel.output=/abs/out"], base_dir=tmp_path)
+    assert cfg.data.captions == "s3://b/{00000..00009}.tar"
+    assert cfg.pseudolabel.output == "/abs/out"
 
 
 @pytest.mark.parametrize("name", ["shapes.yaml", "coco_ovis.yaml", "oi_cc.yaml"])
@@ -27,15 +33,16 @@ def test_coco_preset_is_the_48_17_split():
     import json
 
     cfg = load_config(CONFIGS / "coco_ovis.yaml")
-    cats = json.loads((CONFIGS.parent / cfg.data.vocab).read_text())["categories"]
+    cats = json.loads((CONFIGS / "vocab" / "coco_48_17.json").read_text())["categories"]
+    assert cfg.data.vocab.endswith("configs/vocab/coco_48_17.json")
     assert sum(c["split"] == "base" for c in cats) == 48 and sum(c["split"] == "novel" for c in cats) == 17
 
 
 def test_overrides_apply_after_the_file_and_reach_interpolations():
-    cfg = load_config(CONFIGS / "shapes.yaml", ["data.root=/tmp/w", "teacher.train.steps=7", "run_name=x"])
+    cfg = load_config(CONFIGS / "shapes.yaml", ["data.root=/tmp/w", "teacher.train.steps=7", "run_name=x"], base_dir="/b")
     assert cfg.data.vocab == "/tmp/w/vocab.json"
     assert cfg.teacher.train.steps == 7
-    assert cfg.teacher.init == "outputs/x/pretrain/model.pt"
+    assert cfg.teacher.init == "/b/outputs/x/pretrain/model.pt"
 
 
 @pytest.mark.parametrize(

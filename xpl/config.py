@@ -161,8 +161,27 @@ def _explain(exc: OmegaConfBaseException, source: str) -> XPLError:
     return XPLError(f"{source}: {first_line}{where}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Defaults, then the YAML file at `path` (if any), then `key=value` overrides; validated and resolved."""
+# Keys holding local paths or URLs. Local relative paths are made absolute at load time, because Ray
+# workers do not run in the driver's working directory.
+PATH_KEYS = (
+    "output_dir", "data.root", "data.vocab", "data.train_json", "data.train_images", "data.val_json",
+    "data.val_images", "data.captions", "model.pretrained_backbone", "pretrain.train.storage_path",
+    "teacher.train.storage_path", "teacher.init", "pseudolabel.input", "pseudolabel.output", "pseudolabel.teacher",
+)
+
+
+def _absolute(value: str, base: Path) -> str:
+    if not value or "://" in value or Path(value).is_absolute():
+        return value
+    return str(base / value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base_dir: str | Path | None = None) -> DictConfig:
+    """Defaults, then the YAML file at `path` (if any), then `key=value` overrides; validated and resolved.
+
+    Relative local paths are resolved against `base_dir` (default: the working directory).
+    """
     cfg = OmegaConf.structured(XPLConfig)
     if path is not None:
         path = Path(path)
@@ -186,6 +205,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise _explain(exc, "overrides" if overrides else str(path or "defaults")) from exc
+    base = Path(base_dir or Path.cwd()).resolve()
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str):
+            OmegaConf.update(cfg, key, _absolute(value, base))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

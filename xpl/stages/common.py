@@ -1,0 +1,51 @@
+"""What every training stage shares: the detector from config, engine settings, the stage's MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from xpl.config import to_yaml
+from xpl.model.detector import OpenVocabMaskRCNN
+from xpl.tracking import config_digest, resolve_tracking_uri, stage_run
+from xpl.train.engine import TrainSettings
+
+
+def build_detector(model_cfg: Mapping[str, Any], embed_dim: int) -> OpenVocabMaskRCNN:
+    """The open-vocabulary Mask R-CNN from the `model` config section (detectron2's `from_config`)."""
+    return OpenVocabMaskRCNN(embed_dim=embed_dim, **dict(model_cfg))
+
+
+def train_settings(cfg: DictConfig, stage_section: str) -> TrainSettings:
+    """Engine settings of one stage (`<stage>.train`) plus tracking and run identity."""
+    train = OmegaConf.to_container(cfg[stage_section].train, resolve=True)
+    return TrainSettings(
+        **train,
+        tracking_uri=resolve_tracking_uri(cfg.tracking.uri),
+        experiment=cfg.tracking.experiment,
+        run_name=cfg.run_name,
+    )
+
+
+def stage_dir(cfg: DictConfig, stage: str) -> Path:
+    return Path(cfg.output_dir) / stage
+
+
+def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+                      artifacts: list[Path]) -> str:
+    """Log the resolved config, params, final metrics and files to the stage's run; return its run id."""
+    import mlflow
+
+    from xpl.tracking import log_params_once
+
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    with stage_run(uri, cfg.tracking.experiment, cfg.run_name, stage) as run:
+        log_params_once({**params, "config_digest": config_digest(OmegaConf.to_container(cfg, resolve=True))})
+        if metrics:
+            mlflow.log_metrics(dict(metrics))
+        mlflow.log_text(to_yaml(cfg), f"{stage}/config.yaml")
+        for path in artifacts:
+            mlflow.log_artifact(str(path), artifact_path=stage)
+        return run.info.run_id

@@ -1,0 +1,102 @@
+"""Stage 1: caption pretraining (OVR-CNN grounding) of the backbone, box head and V2L on caption shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig
+
+from xpl.config import from_dict, to_dict
+from xpl.data.captions import iter_caption_samples
+from xpl.errors import DataError
+from xpl.model.checkpoint import export_model
+from xpl.model.grounding import grounding_loss
+from xpl.stages.common import build_detector, log_stage_summary, stage_dir, train_settings
+from xpl.text import TextEncoder
+from xpl.train.engine import fit
+from xpl.words import content_words
+
+STAGE = "pretrain"
+
+
+def caption_tokens(encoder: TextEncoder, captions: list[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T, D] embeddings of each caption's content words and the [B, T] validity mask."""
+    words = [content_words(c)[:max_words] for c in captions]
+    length = max(1, max(len(w) for w in words))
+    tokens = torch.zeros(len(words), length, encoder.dim)
+    mask = torch.zeros(len(words), length, dtype=torch.bool)
+    for i, ws in enumerate(words):
+        if ws:
+            tokens[i, : len(ws)] = encoder.embed(ws)
+            mask[i, : len(ws)] = True
+    return tokens, mask
+
+
+@dataclass
+class PretrainTask:
+    """Grounding of grid-cell region embeddings with caption words, in-batch, both directions."""
+
+    config: dict[str, Any]
+    stage: str = STAGE
+    _encoder: TextEncoder | None = field(default=None, repr=False)
+
+    @property
+    def cfg(self) -> DictConfig:
+        return from_dict(self.config)
+
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.cfg.text.model)
+        return self._encoder
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "stage": self.stage, "_encoder": None}
+
+    def build_model(self) -> torch.nn.Module:
+        return build_detector(self.cfg.model, self.encoder().dim)
+
+    def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
+        cfg = self.cfg
+        batch_size, epoch = cfg.pretrain.train.batch_size, 0
+        while True:
+            samples = iter_caption_samples(cfg.data.captions, rank=rank, world_size=world_size,
+                                           image_size=cfg.data.image_size, shuffle=256,
+                                           seed=cfg.pretrain.train.seed + 1000 * start_step + epoch)
+            batch: list[dict[str, Any]] = []
+            yielded = 0
+            for sample in samples:
+                batch.append(sample)
+                if len(batch) == batch_size:
+                    tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in batch], cfg.pretrain.max_words)
+                    yield [s["image"] for s in batch], tokens, mask
+                    batch, yielded = [], yielded + 1
+            if yielded == 0:
+                raise DataError(f"{cfg.data.captions}: rank {rank} got fewer than batch_size={batch_size} "
+                                f"readable caption samples (skipped: {dict(samples.skipped)})")
+            epoch += 1
+
+    def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
+        images, tokens, mask = batch
+        cfg = self.cfg.pretrain
+        module = getattr(model, "module", model)
+        regions = module.grid_embeddings([img.to(device) for img in images], grid=cfg.grid, max_cells=cfg.max_cells)
+        region_mask = torch.ones(regions.shape[:2], dtype=torch.bool, device=device)
+        loss = grounding_loss(regions.float(), region_mask, tokens.to(device), mask.to(device), tau=cfg.tau)
+        return loss, {"loss_grounding": float(loss.item())}, len(images)
+
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        export_model(model, path)
+
+
+def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Train on the running Ray cluster; write `<output_dir>/pretrain/model.pt`; log to MLflow."""
+    settings = train_settings(cfg, STAGE)
+    result = fit(PretrainTask(to_dict(cfg)), settings, stage_dir(cfg, STAGE))
+    run_id = log_stage_summary(cfg, STAGE, {"captions": cfg.data.captions}, {}, [])
+    print(f"[{STAGE}] model: {result.model_path}\n[{STAGE}] checkpoint: {result.checkpoint_path}\n"
+          f"[{STAGE}] mlflow run: {run_id}", flush=True)
+    return {"model": str(result.model_path), "checkpoint": result.checkpoint_path, "mlflow_run_id": run_id,
+            **result.metrics}
