@@ -89,6 +89,7 @@ class TrainConfig:
     max_failures: int = 1
     storage_path: str = "${output_dir}/ray_results"
     seed: int = 0
+    backend: str = "deepspeed"
 
 
 @dataclass
@@ -113,7 +114,13 @@ class TeacherConfig:
 
 @dataclass
 class PseudoLabelConfig:
-    """Cross-modal pseudo-labeling over caption shards with a Ray Data actor pool."""
+    """Cross-modal pseudo-labeling over caption shards with a Ray Data actor pool.
+
+    One output shard + manifest per input shard; `samples_per_shard` is for `xpl make-shards`.
+    Read, decode and writer stages each hold `num_cpus_per_task` CPUs (keep the actors' CPUs
+    below the cluster's so the readers are never starved). `image_size` is the longer side of
+    the image the teacher sees (0: as stored); masks are pasted at the original size.
+    """
 
     input: str = "${data.captions}"
     output: str = "${output_dir}/pseudo"
@@ -122,7 +129,11 @@ class PseudoLabelConfig:
     batch_size: int = 8
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 0.5
+    num_cpus_per_task: float = 0.25
+    threads_per_actor: int = 0  # torch threads per actor; 0: round(num_cpus_per_actor), at least 1
+    image_size: int = "${model.image_size}"  # type: ignore[assignment]
     score_threshold: Optional[float] = None
+    cosine: bool = False  # align with cosine (L2-normalised v_r) instead of the dot product
     mask_threshold: float = 0.5
     max_pixels: int = 40_000_000
     samples_per_shard: int = 1000

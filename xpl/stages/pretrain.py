@@ -13,6 +13,7 @@ from xpl.config import from_dict, to_dict
 from xpl.data.captions import iter_caption_samples
 from xpl.errors import DataError
 from xpl.model.checkpoint import export_model
+from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import grounding_loss
 from xpl.stages.common import build_detector, log_stage_summary, stage_dir, train_settings
 from xpl.text import TextEncoder
@@ -35,12 +36,24 @@ def caption_tokens(encoder: TextEncoder, captions: list[str], max_words: int) ->
     return tokens, mask
 
 
+class GridGrounding(torch.nn.Module):
+    """The detector seen through its grid-cell region embeddings, so training calls go through `forward`."""
+
+    def __init__(self, detector: OpenVocabMaskRCNN, grid: int, max_cells: int) -> None:
+        super().__init__()
+        self.detector, self.grid, self.max_cells = detector, grid, max_cells
+
+    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return self.detector.grid_embeddings(images, grid=self.grid, max_cells=self.max_cells)
+
+
 @dataclass
 class PretrainTask:
     """Grounding of grid-cell region embeddings with caption words, in-batch, both directions."""
 
     config: dict[str, Any]
     stage: str = STAGE
+    unused_parameters: bool = True
     _encoder: TextEncoder | None = field(default=None, repr=False)
 
     @property
@@ -53,10 +66,11 @@ class PretrainTask:
         return self._encoder
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "stage": self.stage, "_encoder": None}
+        return {**self.__dict__, "_encoder": None}
 
     def build_model(self) -> torch.nn.Module:
-        return build_detector(self.cfg.model, self.encoder().dim)
+        cfg = self.cfg
+        return GridGrounding(build_detector(cfg.model, self.encoder().dim), cfg.pretrain.grid, cfg.pretrain.max_cells)
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg = self.cfg
@@ -80,15 +94,13 @@ class PretrainTask:
 
     def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
         images, tokens, mask = batch
-        cfg = self.cfg.pretrain
-        module = getattr(model, "module", model)
-        regions = module.grid_embeddings([img.to(device) for img in images], grid=cfg.grid, max_cells=cfg.max_cells)
+        regions = model([img.to(device) for img in images])
         region_mask = torch.ones(regions.shape[:2], dtype=torch.bool, device=device)
-        loss = grounding_loss(regions.float(), region_mask, tokens.to(device), mask.to(device), tau=cfg.tau)
+        loss = grounding_loss(regions.float(), region_mask, tokens.to(device), mask.to(device), tau=self.cfg.pretrain.tau)
         return loss, {"loss_grounding": float(loss.item())}, len(images)
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model, path)
+        export_model(model.detector, path)
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:

@@ -43,10 +43,11 @@ class TeacherTask:
 
     config: dict[str, Any]
     stage: str = STAGE
+    unused_parameters: bool = False
     _dataset: CocoInstances | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "stage": self.stage, "_dataset": None}
+        return {**self.__dict__, "_dataset": None}
 
     @property
     def cfg(self) -> DictConfig:

@@ -1,4 +1,5 @@
-"""The one training engine: Ray Train `TorchTrainer` workers that drive a DeepSpeed engine.
+"""The one training engine: Ray Train `TorchTrainer` workers that drive a DeepSpeed engine
+(or plain DDP, `train.backend=ddp`, the baseline DeepSpeed is benchmarked against).
 
 Stages describe *what* to train with a `Task` (model, batches, loss, export); this module owns
 *how*: distributed init, DeepSpeed ZeRO, precision, checkpoint/report every N steps, resume from
@@ -19,6 +20,7 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
+from xpl.train.ddp import DDPEngine
 from xpl.train.schedule import warmup_cosine
 
 STATE_FILE = "xpl_state.json"
@@ -26,9 +28,14 @@ MODEL_FILE = "model.pt"
 
 
 class Task(Protocol):
-    """What a stage trains. Must be picklable: it travels to every Ray Train worker."""
+    """What a stage trains. Must be picklable: it travels to every Ray Train worker.
+
+    `loss` must run the model through its call (`model(...)`), so DDP sees the forward pass;
+    `unused_parameters` says whether some trainable parameters get no gradient (DDP must know).
+    """
 
     stage: str
+    unused_parameters: bool
 
     def build_model(self) -> torch.nn.Module: ...
 
@@ -63,11 +70,14 @@ class TrainSettings:
     max_failures: int
     storage_path: str
     seed: int
+    backend: str = "deepspeed"
     tracking_uri: str = ""
     experiment: str = "xpl"
     run_name: str = "xpl"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("deepspeed", "ddp"):
+            raise ValueError(f"train.backend must be deepspeed or ddp, got {self.backend!r}")
         if self.zero_stage not in (0, 1, 2):
             raise ValueError(f"train.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -122,18 +132,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = task.build_model().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: warmup_cosine(opt, settings.warmup_steps, settings.steps),
-        config=deepspeed_config(settings, precision),
-    )
+    if settings.backend == "ddp":
+        scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.steps)
+        engine = DDPEngine(model, optimizer, scheduler, settings.grad_clip, task.unused_parameters)
+    else:
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: warmup_cosine(opt, settings.warmup_steps, settings.steps),
+            config=deepspeed_config(settings, precision),
+        )
 
     start_step = _restore(engine)
     logger = _RankZeroLogger(settings, task.stage, rank, start_step, precision)
     batches = task.batches(rank, world, start_step)
     engine.train()
     tic, images = time.perf_counter(), 0
+    last: dict[str, float] = {}
     for step in range(start_step, settings.steps):
         batch = next(batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -149,9 +164,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics = {"loss": float(loss.item()), **parts, "lr": scheduler.get_last_lr()[0],
                        "images_per_s": images / max(elapsed, 1e-9)}
             logger.log(done, metrics)
-            tic, images = time.perf_counter(), 0
+            tic, images, last = time.perf_counter(), 0, metrics
         if done % settings.checkpoint_every == 0 or done == settings.steps:
-            _checkpoint(engine, task, done, rank, {"step": done, "loss": float(loss.item())})
+            _checkpoint(engine, task, done, rank, {**last, "step": done})
     logger.close()
 
 
