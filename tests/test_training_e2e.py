@@ -64,3 +64,14 @@ def test_teacher_resumes_from_its_checkpoint_in_the_same_run(pretrained, shapes_
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
     assert all(m.value == m.value and m.value < 1e3 for m in client.get_metric_history(run_id, "loss"))
     assert "val_base_mask_AP50" in found[0].data.metrics
+
+
+def test_plain_ddp_backend_trains_the_grounding_model(shapes_world, ray_session, tmp_path):
+    """The benchmark's baseline: same engine, torch DDP (unused detector heads during pretraining)."""
+    from xpl.stages.pretrain import run_pretrain
+
+    cfg = tiny_config(shapes_world, tmp_path, "pretrain.train.steps=2", "pretrain.train.backend=ddp",
+                      "run_name=e2e-ddp")
+    result = run_pretrain(cfg)
+    assert result["step"] == 2 and 0 < result["loss"] < 10
+    assert Path(result["model"]).is_file()

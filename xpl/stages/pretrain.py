@@ -12,12 +12,15 @@ from omegaconf import DictConfig
 from xpl.config import from_dict, to_dict
 from xpl.data.captions import iter_caption_samples
 from xpl.errors import DataError
-from xpl.model.checkpoint import export_model
+from xpl.data.coco import CocoInstances
+from xpl.eval.pointing import pointing_accuracy
+from xpl.model.checkpoint import export_model, load_model
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import grounding_loss
 from xpl.stages.common import build_detector, log_stage_summary, stage_dir, train_settings
 from xpl.text import TextEncoder
 from xpl.train.engine import fit
+from xpl.vocab import Vocabulary
 from xpl.words import content_words
 
 STAGE = "pretrain"
@@ -103,12 +106,24 @@ class PretrainTask:
         export_model(model.detector, path)
 
 
+def evaluate_grounding(cfg: DictConfig, model_path: Path) -> dict[str, float]:
+    """Pointing and zero-shot accuracy of the pretrained V2L on the val split's ground-truth instances."""
+    vocab = Vocabulary.load(cfg.data.vocab)
+    model = load_model(model_path)
+    dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=vocab.ids)
+    embeddings = TextEncoder(cfg.text.model).embed(vocab.names)
+    novel = {i + 1 for i, c in enumerate(vocab.categories) if c.split == "novel"}
+    return {f"val_{k}": v for k, v in pointing_accuracy(model, dataset, embeddings, novel).items()}
+
+
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
-    """Train on the running Ray cluster; write `<output_dir>/pretrain/model.pt`; log to MLflow."""
+    """Train on the running Ray cluster; write `<output_dir>/pretrain/model.pt`; evaluate; log to MLflow."""
     settings = train_settings(cfg, STAGE)
     result = fit(PretrainTask(to_dict(cfg)), settings, stage_dir(cfg, STAGE))
-    run_id = log_stage_summary(cfg, STAGE, {"captions": cfg.data.captions}, {}, [])
-    print(f"[{STAGE}] model: {result.model_path}\n[{STAGE}] checkpoint: {result.checkpoint_path}\n"
+    metrics = evaluate_grounding(cfg, result.model_path)
+    run_id = log_stage_summary(cfg, STAGE, {"captions": cfg.data.captions}, metrics, [])
+    shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+    print(f"[{STAGE}] {shown}\n[{STAGE}] model: {result.model_path}\n[{STAGE}] checkpoint: {result.checkpoint_path}\n"
           f"[{STAGE}] mlflow run: {run_id}", flush=True)
     return {"model": str(result.model_path), "checkpoint": result.checkpoint_path, "mlflow_run_id": run_id,
-            **result.metrics}
+            **metrics, **result.metrics}

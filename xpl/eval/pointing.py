@@ -1,0 +1,50 @@
+"""How well caption pretraining grounds words: region embeddings of ground-truth instances against names.
+
+Pointing (what pseudo-labeling relies on): for each class present in an image together with another
+class, does the instance with the highest `v_r . t_c` belong to class c? Zero-shot: is an instance's
+best-scoring name, over the whole vocabulary, its own class? Both are reported for base and novel.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from xpl.data.coco import CocoInstances
+from xpl.model.detector import OpenVocabMaskRCNN
+
+
+@torch.no_grad()
+def region_embeddings(model: OpenVocabMaskRCNN, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """[N, D] V2L embeddings of given boxes (original image coordinates) through the detector's box path."""
+    image_list, targets = model.transform([image], [{"boxes": boxes}])
+    features = model.backbone(image_list.tensors)
+    return model.v2l(model.roi_heads.box_features(features, [targets[0]["boxes"]], image_list.image_sizes))
+
+
+@torch.no_grad()
+def pointing_accuracy(model: OpenVocabMaskRCNN, dataset: CocoInstances, class_embeddings: torch.Tensor,
+                      novel_labels: set[int], max_images: int = 200) -> dict[str, float]:
+    """Pointing and zero-shot accuracies (0..1); labels are 1-based rows of `class_embeddings`."""
+    model.eval()
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for index in range(min(len(dataset), max_images)):
+        image, target = dataset[index]
+        labels = target["labels"]
+        if len(labels) == 0:
+            continue
+        scores = region_embeddings(model, image, target["boxes"]) @ class_embeddings.T
+        for inst, label in enumerate(labels.tolist()):
+            split = "novel" if label in novel_labels else "base"
+            totals[f"zeroshot_{split}"] += 1
+            hits[f"zeroshot_{split}"] += int(scores[inst].argmax().item() + 1 == label)
+        present = set(labels.tolist())
+        if len(present) < 2:
+            continue
+        for label in present:
+            split = "novel" if label in novel_labels else "base"
+            totals[f"pointing_{split}"] += 1
+            hits[f"pointing_{split}"] += int(labels[scores[:, label - 1].argmax()].item() == label)
+    return {key: hits[key] / totals[key] for key in sorted(totals)}

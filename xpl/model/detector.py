@@ -1,0 +1,273 @@
+"""Open-vocabulary Mask R-CNN: torchvision's Mask R-CNN with a V2L classifier.
+
+One model class serves every stage: caption pretraining (`grid_embeddings`),
+the teacher and the student (`forward`, torchvision conventions) and
+pseudo-labeling (`regions`). The vocabulary is not part of the weights: set it
+with `set_class_embeddings` (any C) before classifying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import concat_box_prediction_layers
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import boxes as box_ops
+
+from xpl.model.backbones import Fp32MultiScaleRoIAlign, build_backbone, resolve_norm
+from xpl.model.heads import Fp32RPNHead, OpenVocabRoIHeads, V2LPredictor
+from xpl.model.v2l import V2L
+
+_MASK_HEAD_DEPTH = {"tiny": 2, "r50_fpn": 4}
+
+
+@dataclass
+class Regions:
+    """One image's candidate regions for pseudo-labeling.
+
+    boxes: [R, 4] xyxy in original image pixels. embeddings: [R, D] V2L
+    embeddings of the refined boxes. scores: [R] RPN objectness probability of
+    the proposal each box was refined from (vocabulary-free, unlike
+    1 - p(background), which depends on the class list). mask_probs: [R, M, M]
+    class-agnostic mask probabilities inside each box, not pasted.
+    image_size: (H, W) of the original image.
+    """
+
+    boxes: torch.Tensor
+    embeddings: torch.Tensor
+    scores: torch.Tensor
+    mask_probs: torch.Tensor
+    image_size: tuple[int, int]
+
+
+def grid_boxes(height: int, width: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
+    """[grid*grid, 4] xyxy boxes tiling a height x width image, row-major."""
+    ys = torch.linspace(0, height, grid + 1, device=device)
+    xs = torch.linspace(0, width, grid + 1, device=device)
+    y0, x0 = torch.meshgrid(ys[:-1], xs[:-1], indexing="ij")
+    y1, x1 = torch.meshgrid(ys[1:], xs[1:], indexing="ij")
+    return torch.stack([x0, y0, x1, y1], dim=-1).reshape(-1, 4)
+
+
+class OpenVocabMaskRCNN(MaskRCNN):
+    """Mask R-CNN whose classifier is V2L logits against class-name embeddings.
+
+    All arguments are plain keywords; `self.kwargs` records the ones that
+    rebuild this architecture (see `xpl.model.checkpoint`). Images are resized
+    to `image_size` (min_size = max_size). Box regression and masks are
+    class-agnostic; the background class weighs `bg_weight` in the
+    classification cross-entropy. `pretrained_backbone` is a local ImageNet
+    ResNet-50 file (r50_fpn only), read once at construction.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        image_size: int,
+        backbone: str = "tiny",
+        box_batch_size_per_image: int = 64,
+        rpn_pre_nms_top_n_train: int = 200,
+        rpn_post_nms_top_n_train: int = 100,
+        rpn_pre_nms_top_n_test: int = 100,
+        rpn_post_nms_top_n_test: int = 50,
+        detections_per_img: int = 10,
+        bg_weight: float = 0.2,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        representation_size: int = 256,
+        logit_scale: float = 1.0,
+        pretrained_backbone: Optional[str] = None,
+        backbone_norm: Optional[str] = None,
+    ) -> None:
+        norm = resolve_norm(backbone, pretrained_backbone, backbone_norm)
+        body, anchors, box_pool = build_backbone(backbone, pretrained_path=pretrained_backbone, norm=norm)
+        channels = body.out_channels
+        pool_size = box_pool.output_size[0]
+        box_head = TwoMLPHead(channels * pool_size * pool_size, representation_size)
+        predictor = V2LPredictor(representation_size, embed_dim, scale=logit_scale)
+        mask_pool = Fp32MultiScaleRoIAlign(
+            box_pool.featmap_names, 14, 2, canonical_scale=box_pool.canonical_scale
+        )
+        mask_head = MaskRCNNHeads(channels, (channels,) * _MASK_HEAD_DEPTH[backbone], 1)
+        mask_predictor = MaskRCNNPredictor(channels, channels, 1)
+        super().__init__(
+            body,
+            num_classes=None,
+            min_size=image_size,
+            max_size=image_size,
+            rpn_anchor_generator=anchors,
+            rpn_head=Fp32RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+            box_roi_pool=box_pool,
+            box_head=box_head,
+            box_predictor=predictor,
+            mask_roi_pool=mask_pool,
+            mask_head=mask_head,
+            mask_predictor=mask_predictor,
+        )
+        # Swap torchvision's RoIHeads for the open-vocabulary one, same parts.
+        self.roi_heads = OpenVocabRoIHeads(
+            box_pool,
+            box_head,
+            predictor,
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.5,
+            batch_size_per_image=box_batch_size_per_image,
+            positive_fraction=0.25,
+            bbox_reg_weights=None,
+            score_thresh=box_score_thresh,
+            nms_thresh=box_nms_thresh,
+            detections_per_img=detections_per_img,
+            mask_roi_pool=mask_pool,
+            mask_head=mask_head,
+            mask_predictor=mask_predictor,
+            bg_weight=bg_weight,
+        )
+        # Weights come from the state dict when rebuilding, so no weights file.
+        self.kwargs: dict[str, Any] = dict(
+            embed_dim=embed_dim,
+            image_size=image_size,
+            backbone=backbone,
+            box_batch_size_per_image=box_batch_size_per_image,
+            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+            detections_per_img=detections_per_img,
+            bg_weight=bg_weight,
+            box_score_thresh=box_score_thresh,
+            box_nms_thresh=box_nms_thresh,
+            representation_size=representation_size,
+            logit_scale=logit_scale,
+            pretrained_backbone=None,
+            backbone_norm=norm,
+        )
+
+    @property
+    def v2l(self) -> V2L:
+        """The vision-to-language projection (lives in the box predictor)."""
+        return self.roi_heads.box_predictor.v2l
+
+    @property
+    def class_embeddings(self) -> torch.Tensor:
+        """[C, D] embeddings of the current vocabulary (C = 0 before `set_class_embeddings`)."""
+        return self.roi_heads.box_predictor.class_embeddings
+
+    def set_class_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Set the vocabulary: [C, D] class-name embeddings; labels 1..C index its rows."""
+        dim = self.v2l.embed_dim
+        if embeddings.dim() != 2 or embeddings.shape[1] != dim:
+            raise ValueError(f"class embeddings must be [C, {dim}], got {list(embeddings.shape)}")
+        weight = self.v2l.proj.weight
+        self.roi_heads.box_predictor.class_embeddings = embeddings.detach().to(weight.device, torch.float32)
+
+    def freeze_v2l(self) -> None:
+        """Stop training V2L (the teacher keeps the projection learned from captions)."""
+        self.v2l.requires_grad_(False)
+
+    def _cast(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Images in the weights' dtype, so bf16 weights take fp32 images."""
+        dtype = next(self.backbone.parameters()).dtype
+        return [img.to(dtype) for img in images]
+
+    def forward(
+        self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """torchvision conventions: training -> dict of 5 fp32 losses; eval -> per-image detections
+        (boxes, labels 1..C into the current vocabulary, scores, masks [n, 1, H, W])."""
+        return super().forward(self._cast(images), targets)
+
+    def _features(self, images: list[torch.Tensor]) -> tuple[ImageList, dict[str, torch.Tensor]]:
+        image_list, _ = self.transform(self._cast(images))
+        return image_list, self.backbone(image_list.tensors)
+
+    def grid_embeddings(
+        self,
+        images: list[torch.Tensor],
+        *,
+        grid: int,
+        max_cells: int = 100,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """[B, N, D] V2L embeddings of grid cells, N = min(grid^2, max_cells).
+
+        Each resized image is tiled into grid x grid cells; up to `max_cells`
+        are sampled (by `generator`, a CPU generator) and pooled with the
+        detector's own box RoI pooler and box head, so caption pretraining
+        trains the same path the detector classifies with.
+        """
+        image_list, features = self._features(images)
+        device = image_list.tensors.device
+        cells = [grid_boxes(h, w, grid, device) for h, w in image_list.image_sizes]
+        if grid * grid > max_cells:
+            picks = [torch.randperm(grid * grid, generator=generator)[:max_cells].to(device) for _ in cells]
+            cells = [c[p] for c, p in zip(cells, picks)]
+        box_features = self.roi_heads.box_features(features, cells, image_list.image_sizes)
+        embeddings = self.v2l(box_features)
+        return embeddings.view(len(images), -1, embeddings.shape[-1])
+
+    def _proposals_with_objectness(
+        self, image_list: ImageList, features: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """RPN proposals and their objectness probabilities (torchvision's RPN returns boxes only)."""
+        rpn = self.rpn
+        maps = list(features.values())
+        objectness, deltas = rpn.head(maps)
+        anchors = rpn.anchor_generator(image_list, maps)
+        per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        return rpn.filter_proposals(proposals, objectness, image_list.image_sizes, per_level)
+
+    @torch.no_grad()
+    def regions(
+        self,
+        images: list[torch.Tensor],
+        *,
+        nms_thresh: float = 0.5,
+        max_regions: int = 50,
+        min_box_size: float = 1.0,
+    ) -> list[Regions]:
+        """Candidate regions of each image for pseudo-labeling (call in eval mode).
+
+        RPN proposals are refined by the class-agnostic box regression, clipped,
+        boxes smaller than `min_box_size` (resized-image pixels) dropped, NMS at
+        `nms_thresh` over objectness, top `max_regions` kept. Embeddings and
+        mask probabilities are computed on the refined boxes (pooled again).
+        """
+        if self.training:
+            raise RuntimeError("regions() runs the test-time RPN: call model.eval() first")
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, features = self._features(images)
+        sizes = image_list.image_sizes
+        proposals, objectness = self._proposals_with_objectness(image_list, features)
+        heads = self.roi_heads
+        deltas = heads.box_predictor.bbox_pred(heads.box_features(features, proposals, sizes)).float()
+        refined = heads.box_coder.decode(deltas, proposals).reshape(-1, 4)
+        boxes, scores = [], []
+        for img_boxes, img_scores, size in zip(refined.split([len(p) for p in proposals]), objectness, sizes):
+            img_boxes = box_ops.clip_boxes_to_image(img_boxes, size)
+            keep = box_ops.remove_small_boxes(img_boxes, min_box_size)
+            img_boxes, img_scores = img_boxes[keep], img_scores[keep]
+            keep = box_ops.nms(img_boxes, img_scores, nms_thresh)[:max_regions]
+            boxes.append(img_boxes[keep])
+            scores.append(img_scores[keep])
+        embeddings = self.v2l(heads.box_features(features, boxes, sizes)).float()
+        mask_probs = heads.mask_logits(features, boxes, sizes).float().sigmoid()[:, 0]
+        counts = [len(b) for b in boxes]
+        return [
+            Regions(resize_boxes(b, size, orig), e, s, m, orig)
+            for b, e, s, m, size, orig in zip(
+                boxes, embeddings.split(counts), scores, mask_probs.split(counts), sizes, original_sizes
+            )
+        ]

@@ -1,0 +1,72 @@
+"""OVR-CNN caption-grounding loss: pure functions over region and token embeddings.
+
+For image b's regions v_i and caption c's tokens w_j, s_ij = <v_i, w_j> / tau.
+- word-to-region: a_ji = softmax_i(s_ij), S(b, c) = mean_j sum_i a_ji s_ij
+- region-to-word: a'_ij = softmax_j(s_ij), S'(b, c) = mean_i sum_j a'_ij s_ij
+Means and softmaxes run over valid (unpadded) entries only. The loss is the
+in-batch cross-entropy over S and over S', each both ways (the caption for each
+image, the image for each caption): the average of these four terms.
+Computed in fp32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _attended(s: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
+    """sum over `dim` of softmax_dim(s) * s, restricted to the `valid` entries."""
+    masked = s.masked_fill(~valid, torch.finfo(s.dtype).min)
+    attention = torch.softmax(masked, dim=dim)
+    return (attention * s * valid).sum(dim)
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of x over its last dim where `valid`; 0 where nothing is valid."""
+    valid = valid.to(x.dtype)
+    return (x * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+def pair_scores(
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor,
+    tau: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-caption scores for every image/caption pair of a batch.
+
+    Args:
+        regions: [B, N, D] region embeddings v_i per image.
+        region_mask: [B, N] bool, True for real regions.
+        tokens: [B, T, D] token embeddings w_j per caption (caption b belongs to image b).
+        token_mask: [B, T] bool, True for real tokens.
+        tau: temperature.
+
+    Returns:
+        (S, S_r2w), each [B_img, B_cap]: word-to-region and region-to-word scores.
+        An image with no valid region or a caption with no valid token scores 0.
+    """
+    s = torch.einsum("bnd,ctd->bcnt", regions.float(), tokens.float()) / tau  # [B, C, N, T]
+    rvalid = region_mask[:, None, :, None]
+    tvalid = token_mask[None, :, None, :]
+    word_to_region = _attended(s, rvalid, dim=2)  # [B, C, T]
+    region_to_word = _attended(s, tvalid, dim=3)  # [B, C, N]
+    scores = _masked_mean(word_to_region, token_mask[None, :, :])
+    scores_r2w = _masked_mean(region_to_word, region_mask[:, None, :])
+    return scores, scores_r2w
+
+
+def grounding_loss(
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor,
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """Scalar in-batch grounding loss: mean of the four cross-entropies (see module doc)."""
+    scores, scores_r2w = pair_scores(regions, region_mask, tokens, token_mask, tau)
+    target = torch.arange(scores.shape[0], device=scores.device)
+    terms = [F.cross_entropy(m, target) for m in (scores, scores.T, scores_r2w, scores_r2w.T)]
+    return torch.stack(terms).mean()
