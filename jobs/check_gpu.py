@@ -79,8 +79,7 @@ def main() -> None:
     for step in range(args.steps):
         torch.cuda.synchronize()
         tic = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            parts = engine(images, targets)
+        parts = engine(images, targets)
         loss = sum(parts.values())
         engine.backward(loss)
         engine.step()
@@ -90,7 +89,7 @@ def main() -> None:
         if not np.isfinite(losses[-1]):
             raise SystemExit(f"check_gpu: non-finite loss at step {step}: {parts}")
     module = engine.module.eval()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.no_grad():
         module.regions(images)
         torch.cuda.synchronize()
         tic = time.perf_counter()

@@ -22,7 +22,7 @@ STOPWORDS = frozenset(
     being am has have had do does did can could will would shall should may might must not no some
     any each every all both few many much more most other another such own same so than too very
     just only also then one two three four five six seven eight nine ten several lots lot bunch pair
-    group image picture photo view which who whom whose what where when while as if s""".split()
+    group image picture photo drawing view which who whom whose what where when while as if s""".split()
 )
 
 

@@ -19,6 +19,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
+from torchvision.ops import roi_align
 
 from xpl.model.backbones import Fp32MultiScaleRoIAlign, build_backbone, resolve_norm
 from xpl.model.heads import Fp32RPNHead, OpenVocabRoIHeads, V2LPredictor
@@ -202,9 +203,13 @@ class OpenVocabMaskRCNN(MaskRCNN):
         """[B, N, D] V2L embeddings of grid cells, N = min(grid^2, max_cells).
 
         Each resized image is tiled into grid x grid cells; up to `max_cells`
-        are sampled (by `generator`, a CPU generator) and pooled with the
-        detector's own box RoI pooler and box head, so caption pretraining
-        trains the same path the detector classifies with.
+        are sampled (by `generator`, a CPU generator). Cells are pooled from
+        the last (coarsest) backbone map, as OVR-CNN grounds grid cells of the
+        last map: its wide receptive field sees whole objects, where the
+        size-based level choice of the box pooler would pick the finest map
+        for small cells and see only local texture and colour. The pooled
+        cells then pass the detector's own box head and V2L, so caption
+        pretraining trains the path the detector classifies with.
         """
         image_list, features = self._features(images)
         device = image_list.tensors.device
@@ -212,7 +217,12 @@ class OpenVocabMaskRCNN(MaskRCNN):
         if grid * grid > max_cells:
             picks = [torch.randperm(grid * grid, generator=generator)[:max_cells].to(device) for _ in cells]
             cells = [c[p] for c, p in zip(cells, picks)]
-        box_features = self.roi_heads.box_features(features, cells, image_list.image_sizes)
+        pooler = self.roi_heads.box_roi_pool
+        last = features[pooler.featmap_names[-1]]
+        scale = last.shape[-1] / image_list.tensors.shape[-1]
+        pooled = roi_align(last.float(), [c.float() for c in cells], output_size=pooler.output_size,
+                           spatial_scale=scale, sampling_ratio=pooler.sampling_ratio, aligned=False)
+        box_features = self.roi_heads.box_head(pooled.to(last.dtype))
         embeddings = self.v2l(box_features)
         return embeddings.view(len(images), -1, embeddings.shape[-1])
 

@@ -46,6 +46,19 @@ def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any], me
         if metrics:
             mlflow.log_metrics(dict(metrics))
         mlflow.log_text(to_yaml(cfg), f"{stage}/config.yaml")
-        for path in artifacts:
+        curves = _loss_curves(uri, run.info.run_id, stage_dir(cfg, stage) / "loss_curves.png", stage)
+        for path in [*artifacts, *curves]:
             mlflow.log_artifact(str(path), artifact_path=stage)
         return run.info.run_id
+
+
+def _loss_curves(uri: str, run_id: str, path: Path, stage: str) -> list[Path]:
+    """The run's logged loss histories as one PNG (none when the run logged no loss)."""
+    from mlflow.tracking import MlflowClient
+
+    from xpl.plots import curves_png
+
+    client = MlflowClient(uri)
+    names = [k for k in client.get_run(run_id).data.metrics if k.startswith("loss")]
+    series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in names}
+    return [curves_png(series, path, f"{stage} losses")] if series else []

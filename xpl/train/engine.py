@@ -143,6 +143,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             config=deepspeed_config(settings, precision),
         )
 
+    # DeepSpeed's bf16 mode casts the weights itself; plain DDP keeps fp32 weights under autocast.
+    autocast = precision == "bf16" and settings.backend == "ddp"
     start_step = _restore(engine)
     logger = _RankZeroLogger(settings, task.stage, rank, start_step, precision)
     batches = task.batches(rank, world, start_step)
@@ -151,7 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last: dict[str, float] = {}
     for step in range(start_step, settings.steps):
         batch = next(batches)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss, parts, n_images = task.loss(engine, batch, device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{task.stage}: non-finite loss {loss.item()} at step {step}: {parts}")
