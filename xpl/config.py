@@ -96,7 +96,7 @@ class TrainConfig:
 class PretrainConfig:
     """Caption pretraining (OVR-CNN grounding) of backbone + V2L."""
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=16, lr=1e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=16, lr=1e-3))
     grid: int = 8
     max_cells: int = 100
     tau: float = 1.0

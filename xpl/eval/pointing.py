@@ -16,17 +16,12 @@ from xpl.model.detector import OpenVocabMaskRCNN
 
 
 @torch.no_grad()
-def region_embeddings(model: OpenVocabMaskRCNN, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """[N, D] V2L embeddings of given boxes (original image coordinates) through the detector's box path."""
-    image_list, targets = model.transform([image], [{"boxes": boxes}])
-    features = model.backbone(image_list.tensors)
-    return model.v2l(model.roi_heads.box_features(features, [targets[0]["boxes"]], image_list.image_sizes))
-
-
-@torch.no_grad()
 def pointing_accuracy(model: OpenVocabMaskRCNN, dataset: CocoInstances, class_embeddings: torch.Tensor,
-                      novel_labels: set[int], max_images: int = 200) -> dict[str, float]:
-    """Pointing and zero-shot accuracies (0..1); labels are 1-based rows of `class_embeddings`."""
+                      novel_labels: set[int], *, last_map: bool = False, max_images: int = 200) -> dict[str, float]:
+    """Pointing and zero-shot accuracies (0..1); labels are 1-based rows of `class_embeddings`.
+
+    `last_map` pools instances as caption pretraining pools grid cells; otherwise as the detector does.
+    """
     model.eval()
     hits: Counter[str] = Counter()
     totals: Counter[str] = Counter()
@@ -35,7 +30,7 @@ def pointing_accuracy(model: OpenVocabMaskRCNN, dataset: CocoInstances, class_em
         labels = target["labels"]
         if len(labels) == 0:
             continue
-        scores = region_embeddings(model, image, target["boxes"]) @ class_embeddings.T
+        scores = model.box_embeddings(image, target["boxes"], last_map=last_map) @ class_embeddings.T
         for inst, label in enumerate(labels.tolist()):
             split = "novel" if label in novel_labels else "base"
             totals[f"zeroshot_{split}"] += 1

@@ -217,14 +217,32 @@ class OpenVocabMaskRCNN(MaskRCNN):
         if grid * grid > max_cells:
             picks = [torch.randperm(grid * grid, generator=generator)[:max_cells].to(device) for _ in cells]
             cells = [c[p] for c, p in zip(cells, picks)]
+        embeddings = self._last_map_embeddings(features, cells, image_list.tensors.shape[-1])
+        return embeddings.view(len(images), -1, embeddings.shape[-1])
+
+    def _last_map_embeddings(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                             padded_width: int) -> torch.Tensor:
+        """V2L embeddings of boxes (transformed coordinates) pooled from the last backbone map."""
         pooler = self.roi_heads.box_roi_pool
         last = features[pooler.featmap_names[-1]]
-        scale = last.shape[-1] / image_list.tensors.shape[-1]
-        pooled = roi_align(last.float(), [c.float() for c in cells], output_size=pooler.output_size,
-                           spatial_scale=scale, sampling_ratio=pooler.sampling_ratio, aligned=False)
-        box_features = self.roi_heads.box_head(pooled.to(last.dtype))
-        embeddings = self.v2l(box_features)
-        return embeddings.view(len(images), -1, embeddings.shape[-1])
+        pooled = roi_align(last.float(), [b.float() for b in boxes], output_size=pooler.output_size,
+                           spatial_scale=last.shape[-1] / padded_width, sampling_ratio=pooler.sampling_ratio,
+                           aligned=False)
+        return self.v2l(self.roi_heads.box_head(pooled.to(last.dtype)))
+
+    @torch.no_grad()
+    def box_embeddings(self, image: torch.Tensor, boxes: torch.Tensor, *, last_map: bool = False) -> torch.Tensor:
+        """[N, D] V2L embeddings of given boxes (original image coordinates) of one image.
+
+        `last_map=False` pools as the detector does (FPN level by box size); `last_map=True` pools
+        from the last map, as caption pretraining does.
+        """
+        image_list, targets = self.transform([image], [{"boxes": boxes}])
+        features = self.backbone(image_list.tensors)
+        scaled = [targets[0]["boxes"]]
+        if last_map:
+            return self._last_map_embeddings(features, scaled, image_list.tensors.shape[-1])
+        return self.v2l(self.roi_heads.box_features(features, scaled, image_list.image_sizes))
 
     def _proposals_with_objectness(
         self, image_list: ImageList, features: dict[str, torch.Tensor]

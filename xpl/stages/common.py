@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from xpl.config import to_yaml
+from xpl.config import from_dict, to_yaml
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.tracking import config_digest, resolve_tracking_uri, stage_run
 from xpl.train.engine import TrainSettings
+
+
+@dataclass
+class ConfigTask:
+    """Base of the stages' training tasks: the resolved config travels as plain data to every worker;
+    fields starting with `_` are per-worker caches (text encoder, dataset), rebuilt after unpickling."""
+
+    config: dict[str, Any]
+
+    @cached_property
+    def cfg(self) -> DictConfig:
+        return from_dict(self.config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: (None if k.startswith("_") else v) for k, v in self.__dict__.items() if k != "cfg"}
 
 
 def build_detector(model_cfg: Mapping[str, Any], embed_dim: int) -> OpenVocabMaskRCNN:

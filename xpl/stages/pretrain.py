@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig
 
-from xpl.config import from_dict, to_dict
+from xpl.config import to_dict
 from xpl.data.captions import iter_caption_samples
 from xpl.errors import DataError
 from xpl.data.coco import CocoInstances
@@ -17,7 +17,7 @@ from xpl.eval.pointing import pointing_accuracy
 from xpl.model.checkpoint import export_model, load_model
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import grounding_loss
-from xpl.stages.common import build_detector, log_stage_summary, stage_dir, train_settings
+from xpl.stages.common import ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings
 from xpl.text import TextEncoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
@@ -51,25 +51,17 @@ class GridGrounding(torch.nn.Module):
 
 
 @dataclass
-class PretrainTask:
+class PretrainTask(ConfigTask):
     """Grounding of grid-cell region embeddings with caption words, in-batch, both directions."""
 
-    config: dict[str, Any]
     stage: str = STAGE
     unused_parameters: bool = True
     _encoder: TextEncoder | None = field(default=None, repr=False)
-
-    @property
-    def cfg(self) -> DictConfig:
-        return from_dict(self.config)
 
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
             self._encoder = TextEncoder(self.cfg.text.model)
         return self._encoder
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_encoder": None}
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
@@ -106,21 +98,23 @@ class PretrainTask:
         export_model(model.detector, path)
 
 
-def evaluate_grounding(cfg: DictConfig, model_path: Path) -> dict[str, float]:
-    """Pointing and zero-shot accuracy of the pretrained V2L on the val split's ground-truth instances."""
+def evaluate_grounding(cfg: DictConfig, model_path: Path, *, last_map: bool) -> dict[str, float]:
+    """Pointing and zero-shot accuracy of an exported model's V2L on the val split's ground-truth instances
+    (`last_map`: pooled as in caption pretraining; otherwise as the detector pools RoIs)."""
     vocab = Vocabulary.load(cfg.data.vocab)
     model = load_model(model_path)
     dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=vocab.ids)
     embeddings = TextEncoder(cfg.text.model).embed(vocab.names)
     novel = {i + 1 for i, c in enumerate(vocab.categories) if c.split == "novel"}
-    return {f"val_{k}": v for k, v in pointing_accuracy(model, dataset, embeddings, novel).items()}
+    scores = pointing_accuracy(model, dataset, embeddings, novel, last_map=last_map)
+    return {f"val_{k}": v for k, v in scores.items()}
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Train on the running Ray cluster; write `<output_dir>/pretrain/model.pt`; evaluate; log to MLflow."""
     settings = train_settings(cfg, STAGE)
     result = fit(PretrainTask(to_dict(cfg)), settings, stage_dir(cfg, STAGE))
-    metrics = evaluate_grounding(cfg, result.model_path)
+    metrics = evaluate_grounding(cfg, result.model_path, last_map=True)
     run_id = log_stage_summary(cfg, STAGE, {"captions": cfg.data.captions}, metrics, [])
     shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
     print(f"[{STAGE}] {shown}\n[{STAGE}] model: {result.model_path}\n[{STAGE}] checkpoint: {result.checkpoint_path}\n"

@@ -9,11 +9,12 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig
 
-from xpl.config import from_dict, to_dict
+from xpl.config import to_dict
 from xpl.data.coco import CocoInstances
 from xpl.eval.coco_eval import mask_ap, predict_masks
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
-from xpl.stages.common import build_detector, log_stage_summary, stage_dir, train_settings
+from xpl.stages.common import ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings
+from xpl.stages.pretrain import evaluate_grounding
 from xpl.text import TextEncoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
@@ -38,20 +39,12 @@ def rank_batches(n_items: int, batch_size: int, rank: int, world_size: int, star
 
 
 @dataclass
-class TeacherTask:
+class TeacherTask(ConfigTask):
     """Mask R-CNN losses over base classes; classifier = V2L against base-class name embeddings."""
 
-    config: dict[str, Any]
     stage: str = STAGE
     unused_parameters: bool = False
     _dataset: CocoInstances | None = field(default=None, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_dataset": None}
-
-    @property
-    def cfg(self) -> DictConfig:
-        return from_dict(self.config)
 
     def dataset(self) -> CocoInstances:
         if self._dataset is None:
@@ -106,7 +99,7 @@ def run_teacher(cfg: DictConfig) -> dict[str, Any]:
 
         raise XPLError(f"teacher.init={cfg.teacher.init}: file not found (run pretraining, or set teacher.init='')")
     result = fit(TeacherTask(to_dict(cfg)), train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
-    metrics = evaluate_base(cfg, result.model_path)
+    metrics = evaluate_base(cfg, result.model_path) | evaluate_grounding(cfg, result.model_path, last_map=False)
     run_id = log_stage_summary(cfg, STAGE, {"train_json": cfg.data.train_json, "init": cfg.teacher.init}, metrics, [])
     print(f"[{STAGE}] base mask AP50 on val: {metrics['val_base_mask_AP50']:.1f}  AP: {metrics['val_base_mask_AP']:.1f}\n"
           f"[{STAGE}] model: {result.model_path}\n[{STAGE}] checkpoint: {result.checkpoint_path}\n"
