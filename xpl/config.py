@@ -108,7 +108,7 @@ class TeacherConfig:
     """Teacher Mask R-CNN on base classes; V2L from pretraining, frozen."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4, lr=2e-3))
-    init: str = "${output_dir}/pretrain/model.pt"
+    init: Optional[str] = "${output_dir}/pretrain/model.pt"
     freeze_v2l: bool = True
 
 
