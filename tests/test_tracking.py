@@ -27,6 +27,7 @@ def test_a_retried_stage_continues_its_run(tmp_path):
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
     exp = client.get_experiment_by_name("exp")
     assert len(client.search_runs([exp.experiment_id])) == 2
+    assert exp.artifact_location == (tmp_path.resolve() / "mlruns" / "exp").as_uri()
 
 
 def test_config_digest_is_stable_and_order_free():

@@ -116,7 +116,7 @@ class TeacherConfig:
 class PseudoLabelConfig:
     """Cross-modal pseudo-labeling over caption shards with a Ray Data actor pool.
 
-    One output shard + manifest per input shard; `samples_per_shard` is for `xpl make-shards`.
+    One output shard + manifest per input shard.
     Read, decode and writer stages each hold `num_cpus_per_task` CPUs (keep the actors' CPUs
     below the cluster's so the readers are never starved). `image_size` is the longer side of
     the image the teacher sees (0: as stored); masks are pasted at the original size.
@@ -136,7 +136,6 @@ class PseudoLabelConfig:
     cosine: bool = False  # align with cosine (L2-normalised v_r) instead of the dot product
     mask_threshold: float = 0.5
     max_pixels: int = 40_000_000
-    samples_per_shard: int = 1000
     visualize: int = 8
 
 

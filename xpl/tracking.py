@@ -22,6 +22,14 @@ def resolve_tracking_uri(uri: Optional[str], workdir: str | Path | None = None) 
     return f"sqlite:///{Path(workdir or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
+def default_artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Artifacts of a local SQLite store live beside the database (`mlruns/<experiment>`), not in
+    whatever directory a process happens to run in; servers choose their own location (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / experiment).as_uri()
+
+
 def run_key(run_name: str, stage: str) -> str:
     """The identity of a stage's run: same run name and stage, same MLflow run."""
     return f"{run_name}/{stage}"
@@ -41,7 +49,8 @@ def find_or_create_run(uri: str, experiment: str, key: str) -> str:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+        experiment, artifact_location=default_artifact_location(uri, experiment))
     found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id

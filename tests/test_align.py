@@ -1,0 +1,145 @@
+"""Cross-modal alignment on constructed tensors with known answers."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from xpl.data import rle
+from xpl.pseudo.align import (
+    BELOW_THRESHOLD,
+    EMPTY_MASK,
+    NO_REGIONS,
+    Selection,
+    Word,
+    align_image,
+    best_regions,
+    build_instances,
+    paste_masks,
+    select_regions,
+    unique_words,
+)
+
+
+@dataclass
+class FakeRegions:  # the teacher's output format: plain tensors, no model involved
+    boxes: torch.Tensor
+    embeddings: torch.Tensor
+    scores: torch.Tensor
+    mask_probs: torch.Tensor
+
+
+def unit(*values: float) -> torch.Tensor:
+    v = torch.tensor(values, dtype=torch.float32)
+    return v / v.norm()
+
+
+def regions_two_boxes() -> FakeRegions:
+    """Region 0 points along x, region 1 along y; both masks fill their box with probability 0.8.
+
+    (torchvision's paste interpolates against a zero border, so a mask of constant 0.8 pastes to
+    exactly its box's pixels when the box lies on whole pixels inside the image.)
+    """
+    return FakeRegions(
+        boxes=torch.tensor([[5.0, 5.0, 15.0, 15.0], [20.0, 10.0, 40.0, 30.0]]),
+        embeddings=torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.5]]),
+        scores=torch.tensor([0.9, 0.7]),
+        mask_probs=torch.full((2, 14, 14), 0.8),
+    )
+
+
+def test_best_regions_top1_scores_and_threshold():
+    words = torch.stack([unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)])
+    regions = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.5]])
+    index, score = best_regions(words, regions)
+    assert index.tolist() == [0, 1, 1]
+    assert score.tolist() == pytest.approx([2.0, 3.0, 0.5])
+    index, _ = best_regions(words, regions, threshold=1.0)
+    assert index.tolist() == [0, 1, -1]
+    index, score = best_regions(words, regions, cosine=True)
+    assert score[0] == pytest.approx(1.0) and score[1] == pytest.approx(3 / np.hypot(3, 0.5))
+
+
+def test_best_regions_no_regions():
+    index, score = best_regions(torch.eye(2), torch.zeros(0, 2))
+    assert index.tolist() == [-1, -1] and torch.isinf(score).all()
+
+
+def test_paste_masks_fills_box_only():
+    probs = paste_masks(torch.ones(1, 28, 28), torch.tensor([[10.0, 5.0, 30.0, 25.0]]), 40, 50)
+    assert probs.shape == (1, 40, 50)
+    mask = probs[0] >= 0.5
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    assert (int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())) == (10, 29, 5, 24)
+
+
+def test_align_image_builds_instances_with_known_answers():
+    words = [Word(3, "circle", "disc", unit(1, 0, 0)), Word(5, "moon", "crescent", unit(0, 1, 0))]
+    result = align_image(words, regions_two_boxes(), height=40, width=50)
+    assert result.reason is None
+    first, second = result.instances
+    assert (first.category_id, first.name, first.phrase) == (3, "circle", "disc")
+    assert first.box == (5.0, 5.0, 15.0, 15.0) and second.box == (20.0, 10.0, 40.0, 30.0)
+    assert first.align_score == pytest.approx(2.0) and second.align_score == pytest.approx(3.0)
+    assert first.mask_score == pytest.approx(0.8, abs=0.01) and first.region_score == pytest.approx(0.9)
+    mask = rle.decode(second.segmentation, 40, 50)
+    expected = np.zeros((40, 50), bool)
+    expected[10:30, 20:40] = True
+    assert (mask == expected).all()
+    js = second.to_json()
+    assert js["bbox"] == [20.0, 10.0, 20.0, 20.0] and js["area"] == 400
+    assert isinstance(js["segmentation"]["counts"], str)
+
+
+def test_align_image_box_scale_maps_to_original_pixels():
+    words = [Word(1, "circle", "circle", unit(1, 0, 0))]
+    result = align_image(words, regions_two_boxes(), height=80, width=100, box_scale=2.0)
+    assert result.instances[0].box == (10.0, 10.0, 30.0, 30.0)
+    mask = rle.decode(result.instances[0].segmentation, 80, 100)
+    ys, xs = np.nonzero(mask)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (10, 29, 10, 29)
+    assert mask.sum() >= 0.98 * 400
+
+
+def test_mask_binarised_at_threshold():
+    regions = regions_two_boxes()
+    regions.mask_probs[0, :, :7] = 0.3  # left half of box 0 below 0.5
+    words = [Word(1, "circle", "circle", unit(1, 0, 0))]
+    inst = align_image(words, regions, height=40, width=50).instances[0]
+    mask = rle.decode(inst.segmentation, 40, 50)
+    assert 40 <= mask.sum() <= 60 and not mask[:, :9].any()  # the right half of the 10x10 box
+    assert inst.mask_score > 0.7  # mean over the kept pixels only (the 0.3 half is not in it)
+    looser = align_image(words, regions, height=40, width=50, mask_threshold=0.25).instances[0]
+    assert rle.area(looser.segmentation) == 100
+
+
+def test_reasons_for_no_instances():
+    word = [Word(1, "circle", "circle", unit(0, 0, 1))]
+    empty = FakeRegions(torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 14, 14))
+    assert align_image(word, empty, height=8, width=8).reason == NO_REGIONS
+    assert align_image(word, regions_two_boxes(), height=40, width=50, score_threshold=0.6).reason == BELOW_THRESHOLD
+    faint = regions_two_boxes()
+    faint.mask_probs[:] = 0.1
+    result = align_image(word, faint, height=40, width=50)
+    assert result.instances == [] and result.reason == EMPTY_MASK
+
+
+def test_one_word_per_class():
+    words = [Word(2, "square", "box", unit(1, 0, 0)), Word(2, "square", "squares", unit(1, 0, 0))]
+    assert [w.phrase for w in unique_words(words)] == ["box"]
+    assert len(align_image(words, regions_two_boxes(), height=40, width=50).instances) == 1
+
+
+def test_selection_travels_as_bytes_and_builds_the_same_instances():
+    words = [Word(3, "circle", "disc", unit(1, 0, 0)), Word(5, "moon", "crescent", unit(0, 1, 0))]
+    selection = select_regions(words, regions_two_boxes())
+    assert selection.words == [(3, "circle", "disc"), (5, "moon", "crescent")]
+    assert selection.mask_probs.shape == (2, 14, 14) and selection.scores.tolist() == pytest.approx([2.0, 3.0])
+    again = Selection.from_bytes(selection.to_bytes())
+    assert again.words == selection.words and (again.boxes == selection.boxes).all()
+    built = build_instances(again, height=40, width=50)
+    assert built.instances == align_image(words, regions_two_boxes(), height=40, width=50).instances
+    below = select_regions(words, regions_two_boxes(), score_threshold=10.0)
+    assert below.words == [] and build_instances(Selection.from_bytes(below.to_bytes()), height=4, width=4).reason == (
+        BELOW_THRESHOLD)

@@ -1,0 +1,237 @@
+"""Cross-modal alignment: caption words pick teacher regions; the chosen regions become pseudo instances.
+
+Pure tensor code (no Ray, no model). For each matched caption word `w` with embedding `t_w` and the
+teacher's regions `r` with V2L embeddings `v_r`, the alignment score is `s_rw = v_r . t_w`; the word
+keeps its best region `argmax_r s_rw` (top-1), if that score reaches the optional threshold. The
+teacher's class-agnostic mask probabilities of the chosen box are pasted into the image and
+binarised (>= `mask_threshold`, 0.5 by default) into the pseudo mask.
+
+A caption that names a class twice ("a circle and another circle") gives one word per class: the
+embedding is the class name's, so both mentions would pick the same region.
+
+Two steps, so the pipeline can run them in different places: `select_regions` (the top-1 choice,
+tiny, next to the model) and `build_instances` (pasting, binarising and RLE-encoding at the
+original image size: CPU work). `align_image` is both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from xpl.data import rle
+
+# Why an aligned caption produced no instance (the sample is then `no_match` with this reason).
+NO_REGIONS = "no_regions"
+BELOW_THRESHOLD = "below_threshold"
+EMPTY_MASK = "empty_mask"
+
+
+@dataclass(frozen=True)
+class Word:
+    """A caption mention matched to the vocabulary: class id, class name, the words as written, t_w."""
+
+    category_id: int
+    name: str
+    phrase: str
+    embedding: torch.Tensor  # [D], unit norm (the class name's embedding)
+
+
+class RegionsLike(Protocol):
+    """What the teacher gives per image (`xpl.model.detector.Regions`)."""
+
+    boxes: torch.Tensor  # [R, 4] xyxy, pixels of the image the teacher saw
+    embeddings: torch.Tensor  # [R, D] V2L region embeddings v_r
+    scores: torch.Tensor  # [R] objectness of each region
+    mask_probs: torch.Tensor  # [R, M, M] box-relative mask probabilities, not pasted
+
+
+@dataclass(frozen=True)
+class PseudoInstance:
+    """One pseudo-labeled object: box xyxy and mask in the original image's pixels."""
+
+    category_id: int
+    name: str
+    phrase: str
+    box: tuple[float, float, float, float]
+    segmentation: dict[str, Any]  # COCO RLE, `counts` as str
+    align_score: float
+    mask_score: float
+    region_score: float
+
+    def to_json(self) -> dict[str, Any]:
+        x0, y0, x1, y1 = self.box
+        return {
+            "category_id": self.category_id,
+            "name": self.name,
+            "phrase": self.phrase,
+            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+            "segmentation": self.segmentation,
+            "area": rle.area(self.segmentation),
+            "align_score": round(self.align_score, 5),
+            "mask_score": round(self.mask_score, 5),
+            "region_score": round(self.region_score, 5),
+        }
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The pseudo instances of one image, or (when there are none) why not."""
+
+    instances: list[PseudoInstance]
+    reason: Optional[str] = None
+
+
+def unique_words(words: Sequence[Word]) -> list[Word]:
+    """One word per class, the first mention's phrase kept."""
+    seen: dict[int, Word] = {}
+    for word in words:
+        seen.setdefault(word.category_id, word)
+    return list(seen.values())
+
+
+def best_regions(
+    word_embeddings: torch.Tensor,
+    region_embeddings: torch.Tensor,
+    threshold: Optional[float] = None,
+    cosine: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 region per word: ([W] region index, -1 where none qualifies; [W] its score s_rw).
+
+    `cosine` L2-normalises the region embeddings first (the words are unit vectors already).
+    Ties go to the lowest region index.
+    """
+    num_words = word_embeddings.shape[0]
+    if region_embeddings.shape[0] == 0 or num_words == 0:
+        return torch.full((num_words,), -1, dtype=torch.long), torch.full((num_words,), float("-inf"))
+    regions = region_embeddings.float()
+    if cosine:
+        regions = regions / regions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    scores = word_embeddings.float() @ regions.T  # [W, R]
+    best, index = scores.max(dim=1)
+    if threshold is not None:
+        index = torch.where(best >= threshold, index, torch.full_like(index, -1))
+    return index, best
+
+
+def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[K, M, M] box-relative probabilities -> [K, H, W] probabilities in the image (torchvision)."""
+    if mask_probs.shape[0] == 0:
+        return torch.zeros(0, height, width)
+    return paste_masks_in_image(mask_probs[:, None].float(), boxes.float(), (height, width))[:, 0]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The best region of each kept word, as the teacher saw it: what the teacher actor hands on.
+
+    Pasting and encoding masks (`build_instances`) is CPU work at the original image size, so it
+    runs in a separate stage and the teacher actor spends its time on the model.
+    """
+
+    words: list[tuple[int, str, str]]  # (category_id, name, phrase) per kept word
+    scores: np.ndarray  # [K] alignment scores s_rw
+    boxes: np.ndarray  # [K, 4] xyxy in the teacher's pixels
+    mask_probs: np.ndarray  # [K, M, M] box-relative mask probabilities
+    region_scores: np.ndarray  # [K] objectness
+    reason: Optional[str] = None  # why K == 0
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        head = json.dumps({"words": self.words, "reason": self.reason}).encode()
+        np.savez(buf, head=np.frombuffer(head, dtype=np.uint8), scores=self.scores, boxes=self.boxes,
+                 mask_probs=self.mask_probs, region_scores=self.region_scores)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Selection":
+        with np.load(io.BytesIO(data)) as z:
+            head = json.loads(z["head"].tobytes())
+            words = [(int(c), str(n), str(p)) for c, n, p in head["words"]]
+            return cls(words, z["scores"], z["boxes"], z["mask_probs"], z["region_scores"], head["reason"])
+
+
+def select_regions(
+    words: Sequence[Word], regions: RegionsLike, *, score_threshold: Optional[float] = None, cosine: bool = False
+) -> Selection:
+    """Top-1 region per (class-unique) word; words below the threshold are dropped."""
+    words = unique_words(words)
+    mask_size = tuple(regions.mask_probs.shape[1:]) or (0, 0)
+    empty = Selection([], np.zeros(0, np.float32), np.zeros((0, 4), np.float32),
+                      np.zeros((0, *mask_size), np.float32), np.zeros(0, np.float32))
+    if regions.boxes.shape[0] == 0:
+        return dataclasses.replace(empty, reason=NO_REGIONS)
+    dim = regions.embeddings.shape[1]
+    embeddings = torch.stack([w.embedding for w in words]) if words else torch.zeros(0, dim)
+    index, score = best_regions(embeddings, regions.embeddings.cpu(), score_threshold, cosine)
+    keep = [k for k, i in enumerate(index.tolist()) if i >= 0]
+    if not keep:
+        return dataclasses.replace(empty, reason=BELOW_THRESHOLD)
+    picks = index[keep].to(regions.boxes.device)
+    return Selection(
+        words=[(words[k].category_id, words[k].name, words[k].phrase) for k in keep],
+        scores=score[keep].numpy().astype(np.float32),
+        boxes=regions.boxes[picks].float().cpu().numpy(),
+        mask_probs=regions.mask_probs[picks].float().cpu().numpy(),
+        region_scores=regions.scores[picks].float().cpu().numpy(),
+    )
+
+
+def build_instances(
+    selection: Selection, *, height: int, width: int, box_scale: float = 1.0, mask_threshold: float = 0.5
+) -> Alignment:
+    """Paste the selected masks into the `height` x `width` original image, binarise, encode as RLE.
+
+    `box_scale` maps the teacher's box coordinates to original pixels (original / teacher input,
+    for an image resized before the teacher). The mask score is the mean mask probability over
+    the binarised mask. A word whose pasted mask is empty after binarisation gives no instance.
+    """
+    if not selection.words:
+        return Alignment([], selection.reason or BELOW_THRESHOLD)
+    boxes = torch.from_numpy(selection.boxes).float() * box_scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    probs = paste_masks(torch.from_numpy(selection.mask_probs), boxes, height, width)
+    instances = []
+    for (category_id, name, phrase), score, region_score, box, prob in zip(
+        selection.words, selection.scores.tolist(), selection.region_scores.tolist(), boxes.tolist(), probs
+    ):
+        mask = prob >= mask_threshold
+        if not bool(mask.any()):
+            continue
+        instances.append(
+            PseudoInstance(
+                category_id=int(category_id),
+                name=name,
+                phrase=phrase,
+                box=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                segmentation=rle.encode(np.asarray(mask.numpy(), dtype=bool)),
+                align_score=float(score),
+                mask_score=float(prob[mask].mean()),
+                region_score=float(region_score),
+            )
+        )
+    return Alignment(instances, None if instances else EMPTY_MASK)
+
+
+def align_image(
+    words: Sequence[Word],
+    regions: RegionsLike,
+    *,
+    height: int,
+    width: int,
+    box_scale: float = 1.0,
+    score_threshold: Optional[float] = None,
+    mask_threshold: float = 0.5,
+    cosine: bool = False,
+) -> Alignment:
+    """Pseudo instances for one image of `height` x `width` original pixels (select, then build)."""
+    selection = select_regions(words, regions, score_threshold=score_threshold, cosine=cosine)
+    return build_instances(selection, height=height, width=width, box_scale=box_scale, mask_threshold=mask_threshold)

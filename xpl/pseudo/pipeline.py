@@ -1,0 +1,115 @@
+"""The Ray Data pipeline: read shards -> decode (CPU tasks) -> teacher (actor pool) -> shard writer.
+
+    read_datasource(CaptionShardDatasource)   one read task per shard, raw bytes, nothing decoded
+      .map_batches(decode_batch)               CPU tasks: validate, match caption, decode, resize
+      .map_batches(Teacher, ActorPoolStrategy) model.regions + top-1 region per word (num_gpus/cpus
+                                               per actor from config): only model work in the actor
+      .map_batches(instance_batch)             CPU tasks: paste, binarise, RLE, pseudo.json
+      .map_batches(ShardWriter, 1 actor)       output shards + manifests; yields one row per shard
+
+Why per-shard accounting with a writer actor, not `write_webdataset`: resume needs to know which
+input shards are complete, and Ray's writers name files per block, not per input shard. Each
+input shard maps to one output shard + manifest; the reader ends every shard with an "end" row
+that carries its row count, so the writer can close a shard as soon as all its rows (which may
+arrive in any order, interleaved with other shards) have passed. The pipeline streams: memory is
+bounded by Ray Data's per-operator budgets, and only one small row per finished shard reaches the
+driver. The writer actor is pinned to the driver's node, so a local output folder works on a
+cluster as long as the driver's node can hold it (use a shared filesystem otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import ray
+
+from xpl.pseudo.decode import decode_batch
+from xpl.pseudo.instances import instance_batch
+from xpl.pseudo.source import CaptionShardDatasource, ShardTask
+from xpl.pseudo.teacher import Teacher
+from xpl.pseudo.writer import ShardWriter
+from xpl.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the pipeline runs (from `PseudoLabelConfig`)."""
+
+    num_actors: int = 1
+    batch_size: int = 8
+    num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float = 0.5
+    num_cpus_per_task: float = 0.25
+    threads_per_actor: int = 0
+    image_size: int = 0
+    max_pixels: int = 40_000_000
+    score_threshold: Optional[float] = None
+    mask_threshold: float = 0.5
+    cosine: bool = False
+    block_rows: int = 32
+
+    @classmethod
+    def from_config(cls, pl: Any) -> "Settings":
+        return cls(**{name: pl[name] for name in cls.__dataclass_fields__ if name in pl})
+
+    @property
+    def torch_threads(self) -> int:
+        """Torch threads per actor: as set, else the actor's CPUs rounded (at least 1)."""
+        return self.threads_per_actor or max(1, int(round(self.num_cpus_per_actor)))
+
+
+def build_dataset(
+    shards: list[ShardTask],
+    *,
+    output: str,
+    teacher: str,
+    vocab: Vocabulary,
+    class_embeddings: np.ndarray,
+    settings: Settings,
+) -> "ray.data.Dataset":
+    """The lazy dataset of finished-shard rows; iterating it runs the job."""
+    from ray.data import ActorPoolStrategy
+
+    vocab_json = vocab.to_json()
+    digest = hashlib.sha1(json.dumps(vocab_json, sort_keys=True).encode()).hexdigest()
+    cpu = settings.num_cpus_per_task
+    ds = ray.data.read_datasource(CaptionShardDatasource(shards, settings.block_rows), num_cpus=cpu,
+                                  override_num_blocks=len(shards))
+    ds = ds.map_batches(
+        decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=cpu,
+        fn_kwargs={"vocab": vocab_json, "vocab_digest": digest, "max_pixels": settings.max_pixels,
+                   "image_size": settings.image_size},
+    )
+    ds = ds.map_batches(
+        Teacher, batch_format="pyarrow", batch_size=settings.batch_size,
+        compute=ActorPoolStrategy(size=settings.num_actors),
+        num_cpus=settings.num_cpus_per_actor, num_gpus=settings.num_gpus_per_actor,
+        fn_constructor_kwargs={
+            "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
+            "score_threshold": settings.score_threshold, "cosine": settings.cosine,
+            "threads": settings.torch_threads, "use_gpu": settings.num_gpus_per_actor > 0,
+        },
+    )
+    ds = ds.map_batches(instance_batch, batch_format="pyarrow", batch_size=None, num_cpus=cpu,
+                        fn_kwargs={"mask_threshold": settings.mask_threshold})
+    here = ray.get_runtime_context().get_node_id()
+    return ds.map_batches(
+        ShardWriter, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=1),
+        num_cpus=cpu, fn_constructor_kwargs={"output": output},
+        label_selector={"ray.io/node-id": here},  # the writer runs on the driver's node
+    )
+
+
+def run_shards(shards: list[ShardTask], **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Run the pipeline over `shards`; yield each finished shard's row as it completes."""
+    if not shards:
+        return
+    ds = build_dataset(shards, **kwargs)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            row["timings"] = json.loads(row["timings"])
+            yield row

@@ -1,0 +1,115 @@
+"""Write pseudo-labeled WebDataset shards: a Ray Data callable class, one actor for the whole run.
+
+Rows of a shard arrive in any order, mixed with other shards. Labeled samples are appended to
+`<output>/tmp/<name>.tar` as they come; every row adds its manifest record. When the shard's "end"
+row has arrived and as many sample rows as it announced, the tar is moved into `shards/` and then
+the manifest is written (atomically, last): from then on the shard counts as done. A kill at any
+point leaves either a finished shard or no manifest, and the next run redoes the latter whole.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+
+from xpl.pseudo.manifest import manifest_record, shard_path, tmp_dir, write_manifest
+from xpl.pseudo.rows import END, LABELED, SHARD_SCHEMA, STATUSES, TEACHER_CPU, TIMINGS, table
+
+
+def sample_members(row: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The tar members of one labeled sample, in WebDataset order (same key, sorted suffixes)."""
+    key = row["key"]
+    members = [(f"{key}.{row['image_name']}", row["image"]), (f"{key}.pseudo.json", row["pseudo"].encode())]
+    if row["txt"] is not None:
+        members.append((f"{key}.txt", row["txt"]))
+    if row["meta"] is not None:
+        members.append((f"{key}.json", row["meta"]))
+    return sorted(members)
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+@dataclass
+class _OpenShard:
+    name: str
+    url: str
+    tmp: Path
+    tar: tarfile.TarFile
+    expected: Optional[int] = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU), 0.0))
+    teacher_begin: Optional[float] = None
+    teacher_end: Optional[float] = None
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and len(self.records) >= self.expected
+
+
+class ShardWriter:
+    """Appends result rows to their shard's temporary tar; finishes shards; returns one row per finished shard."""
+
+    def __init__(self, output: str) -> None:
+        self.output = Path(output)
+        self.open: dict[str, _OpenShard] = {}
+
+    def _shard(self, row: dict[str, Any]) -> _OpenShard:
+        shard = self.open.get(row["shard"])
+        if shard is None:
+            tmp = tmp_dir(self.output) / f"{row['shard']}.tar"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in _finish)
+            shard = self.open[row["shard"]] = _OpenShard(row["shard"], row["url"], tmp, tar)
+        return shard
+
+    def _add(self, shard: _OpenShard, row: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        if row["status"] == LABELED:
+            for name, data in sample_members(row):
+                add_member(shard.tar, name, data)
+        shard.records.append(manifest_record(row))
+        row["t_write"] = time.perf_counter() - start
+        for stage in shard.timings:
+            shard.timings[stage] += row.get(stage) or 0.0
+        if row.get("teacher_begin") is not None:
+            shard.teacher_begin = min(shard.teacher_begin or row["teacher_begin"], row["teacher_begin"])
+            shard.teacher_end = max(shard.teacher_end or row["teacher_end"], row["teacher_end"])
+
+    def _finish(self, shard: _OpenShard) -> dict[str, Any]:
+        start = time.perf_counter()
+        shard.tar.close()
+        final = shard_path(self.output, shard.name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(shard.tmp, final)
+        write_manifest(self.output, shard.name, shard.records)
+        del self.open[shard.name]
+        shard.timings["t_write"] += time.perf_counter() - start
+        counts = {s: sum(1 for r in shard.records if r["status"] == s) for s in STATUSES}
+        return {"shard": shard.name, "url": shard.url, "samples": len(shard.records), **counts,
+                "instances": sum(r.get("instances", 0) for r in shard.records),
+                "timings": json.dumps(shard.timings), "teacher_begin": shard.teacher_begin,
+                "teacher_end": shard.teacher_end}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        finished = []
+        for row in batch.to_pylist():
+            shard = self._shard(row)
+            if row["kind"] == END:
+                shard.expected = row["count"]
+            else:
+                self._add(shard, row)
+            if shard.complete:
+                finished.append(self._finish(shard))
+        return table(finished, SHARD_SCHEMA)
