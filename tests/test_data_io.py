@@ -129,7 +129,7 @@ def test_json_without_annotations_names_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="instances_train.json: missing key 'annotations'"):
         CocoInstances(path, image_dir=tmp_path)
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(DataError, match="broken.json: not valid JSON"):
+    with pytest.raises(DataError, match="broken.json: file is not valid JSON"):
         CocoInstances(tmp_path / "broken.json", image_dir=tmp_path)
 
 

@@ -82,7 +82,7 @@ def test_load_coco_and_lvis_style(tmp_path):
     ("content", "message"),
     [
         (None, "vocabulary file not found"),
-        ("{not json", "cannot read vocabulary"),
+        ("{not json", "vocabulary file is not valid JSON"),
         ('{"categories": []}', "vocabulary is empty"),
         ('{"images": []}', "expected a list under key 'categories'"),
         ('{"categories": [{"name": "dog"}]}', "categories[0]: missing key 'id'"),

@@ -6,12 +6,12 @@ so "hot dogs" is one mention of "hot dog", not of "dog", and "category" never ma
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from xpl.errors import DataError
+from xpl.jsonfile import read_json
 from xpl.words import lemma, tokenize
 
 SPLITS = ("base", "novel")
@@ -66,12 +66,7 @@ class Vocabulary:
     def load(cls, path: str | Path) -> "Vocabulary":
         """Read `{"categories": [...]}` (COCO or LVIS json) or a bare list of categories."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise DataError(f"{path}: vocabulary file not found") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: cannot read vocabulary: {exc}") from exc
+        data = read_json(path, "vocabulary file")
         raw = data.get("categories") if isinstance(data, dict) else data
         if not isinstance(raw, list):
             raise DataError(f"{path}: expected a list under key 'categories'")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from xpl.data import rle
 from xpl.errors import DataError
+from xpl.jsonfile import read_json
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -20,14 +20,7 @@ REQUIRED_KEYS = ("images", "annotations", "categories")
 def load_instances_json(json_path: str | Path) -> dict[str, Any]:
     """Read a COCO instances json, raising DataError that names the file and the problem."""
     path = Path(json_path)
-    try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    content = read_json(path, "file")
     if not isinstance(content, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(content).__name__}")
     for key in REQUIRED_KEYS:

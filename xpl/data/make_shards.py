@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xpl.errors import DataError
+from xpl.jsonfile import read_json
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -31,12 +32,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _load_captions(path: Path) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: captions json not found") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read captions json: {exc}") from exc
+    data = read_json(path, "captions json")
     if not (isinstance(data, dict) and isinstance(data.get("images"), list)
             and isinstance(data.get("annotations"), list)):
         raise DataError(f"{path}: expected a COCO captions json with 'images' and 'annotations'")
