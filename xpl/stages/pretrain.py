@@ -11,8 +11,8 @@ from omegaconf import DictConfig
 
 from xpl.config import to_dict
 from xpl.data.captions import iter_caption_samples
-from xpl.errors import DataError
 from xpl.data.coco import CocoInstances
+from xpl.errors import DataError
 from xpl.eval.pointing import pointing_accuracy
 from xpl.model.checkpoint import export_model, load_model
 from xpl.model.detector import OpenVocabMaskRCNN

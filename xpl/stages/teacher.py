@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from xpl.config import to_dict
 from xpl.data.coco import CocoInstances
+from xpl.errors import XPLError
 from xpl.eval.coco_eval import mask_ap, predict_masks
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
 from xpl.stages.common import ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings
@@ -20,6 +21,12 @@ from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
 
 STAGE = "teacher"
+
+
+def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
+    """Ids and names of the vocabulary's base classes, in vocabulary order (labels 1..C follow it)."""
+    base = Vocabulary.load(cfg.data.vocab).split("base")
+    return [c.id for c in base], [c.name for c in base]
 
 
 def rank_batches(n_items: int, batch_size: int, rank: int, world_size: int, start_step: int,
@@ -49,8 +56,8 @@ class TeacherTask(ConfigTask):
     def dataset(self) -> CocoInstances:
         if self._dataset is None:
             cfg = self.cfg
-            base = [c.id for c in Vocabulary.load(cfg.data.vocab).split("base")]
-            self._dataset = CocoInstances(cfg.data.train_json, cfg.data.train_images, category_ids=base)
+            self._dataset = CocoInstances(cfg.data.train_json, cfg.data.train_images,
+                                          category_ids=base_categories(cfg)[0])
         return self._dataset
 
     def build_model(self) -> torch.nn.Module:
@@ -59,7 +66,7 @@ class TeacherTask(ConfigTask):
         model = build_detector(cfg.model, encoder.dim)
         if cfg.teacher.init:
             load_pretrained_parts(model, cfg.teacher.init)
-        model.set_class_embeddings(encoder.embed([c.name for c in Vocabulary.load(cfg.data.vocab).split("base")]))
+        model.set_class_embeddings(encoder.embed(base_categories(cfg)[1]))
         if cfg.teacher.freeze_v2l:
             model.freeze_v2l()
         return model
@@ -83,10 +90,9 @@ class TeacherTask(ConfigTask):
 
 def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, float]:
     """Constrained base-class mask AP of an exported teacher on the val split."""
-    vocab = Vocabulary.load(cfg.data.vocab)
-    base = [c.id for c in vocab.split("base")]
+    base, names = base_categories(cfg)
     model = load_model(model_path)
-    model.set_class_embeddings(TextEncoder(cfg.text.model).embed([c.name for c in vocab.split("base")]))
+    model.set_class_embeddings(TextEncoder(cfg.text.model).embed(names))
     dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=base)
     scores = mask_ap(cfg.data.val_json, predict_masks(model, dataset, base), base)
     return {f"val_base_mask_{k}": v for k, v in scores.items()}
@@ -95,8 +101,6 @@ def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, float]:
 def run_teacher(cfg: DictConfig) -> dict[str, Any]:
     """Train on the running Ray cluster; write `<output_dir>/teacher/model.pt`; evaluate; log to MLflow."""
     if cfg.teacher.init and not Path(cfg.teacher.init).is_file():
-        from xpl.errors import XPLError
-
         raise XPLError(f"teacher.init={cfg.teacher.init}: file not found (run pretraining, or set teacher.init='')")
     result = fit(TeacherTask(to_dict(cfg)), train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
     metrics = evaluate_base(cfg, result.model_path) | evaluate_grounding(cfg, result.model_path, last_map=False)
