@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,18 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "pseudolabel")}
     assert {"pseudolabel/align_scores_hist.png", "pseudolabel/examples", "pseudolabel/summary.json"} <= artifacts
     assert len(client.list_artifacts(run.info.run_id, "pseudolabel/examples")) == 3
+
+    # quality against the shapes world's truth: every decoded sample judged, reported everywhere
+    quality = totals["quality"]
+    assert quality["samples"] == 40 and quality["truth_errors"] == 0
+    assert quality["splits"]["all"]["instances"] == totals["instances"]
+    assert 0 < quality["splits"]["all"]["present"] and 0 <= quality["splits"]["all"]["precision"] <= 1
+    assert json.loads((out / "summary.json").read_text())["quality"]["samples"] == 40
+    assert run.data.metrics["quality.all.precision"] == quality["splits"]["all"]["precision"]
+    assert {"pseudolabel/gallery.html", "pseudolabel/quality_curve.png", "pseudolabel/quality.json"} <= artifacts
+    page = (out / "report" / "gallery.html").read_text()
+    pictures = re.findall(r'src="(gallery/[^"]+)"', page)
+    assert pictures and all((out / "report" / p).is_file() for p in pictures)
 
     # a second run finds everything done and touches nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.*") if p.parent.name in ("shards", "manifest")}

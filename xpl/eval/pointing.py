@@ -8,6 +8,7 @@ best-scoring name, over the whole vocabulary, its own class? Both are reported f
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -43,3 +44,21 @@ def pointing_accuracy(model: OpenVocabMaskRCNN, dataset: CocoInstances, class_em
             totals[f"pointing_{split}"] += 1
             hits[f"pointing_{split}"] += int(labels[scores[:, label - 1].argmax()].item() == label)
     return {key: hits[key] / totals[key] for key in sorted(totals)}
+
+
+def evaluate_pointing(model_path: str | Path, vocab_path: str | Path, val_json: str | Path, val_images: str | Path,
+                      text_model: str, *, last_map: bool) -> dict[str, float]:
+    """`pointing_accuracy` of an exported model on a val split's ground-truth instances against the whole
+    vocabulary, as `val_<metric>` (`last_map`: pooled as in caption pretraining; otherwise as the
+    detector pools RoIs)."""
+    from xpl.model.checkpoint import load_model
+    from xpl.text import TextEncoder
+    from xpl.vocab import Vocabulary
+
+    vocab = Vocabulary.load(vocab_path)
+    model = load_model(model_path)
+    dataset = CocoInstances(val_json, val_images, category_ids=vocab.ids)
+    embeddings = TextEncoder(text_model).embed(vocab.names)
+    novel = {i + 1 for i, c in enumerate(vocab.categories) if c.split == "novel"}
+    scores = pointing_accuracy(model, dataset, embeddings, novel, last_map=last_map)
+    return {f"val_{k}": v for k, v in scores.items()}

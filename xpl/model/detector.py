@@ -258,6 +258,47 @@ class OpenVocabMaskRCNN(MaskRCNN):
         return rpn.filter_proposals(proposals, objectness, image_list.image_sizes, per_level)
 
     @torch.no_grad()
+    def _candidate_boxes(
+        self, image_list: ImageList, features: dict[str, torch.Tensor], *, nms_thresh: float, max_regions: int,
+        min_box_size: float,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per image: RPN proposals refined by the class-agnostic box regression, clipped, boxes smaller
+        than `min_box_size` dropped, NMS at `nms_thresh` over objectness, top `max_regions` kept;
+        and their objectness. Transformed-image coordinates."""
+        sizes = image_list.image_sizes
+        proposals, objectness = self._proposals_with_objectness(image_list, features)
+        heads = self.roi_heads
+        deltas = heads.box_predictor.bbox_pred(heads.box_features(features, proposals, sizes)).float()
+        refined = heads.box_coder.decode(deltas, proposals).reshape(-1, 4)
+        boxes, scores = [], []
+        for img_boxes, img_scores, size in zip(refined.split([len(p) for p in proposals]), objectness, sizes):
+            img_boxes = box_ops.clip_boxes_to_image(img_boxes, size)
+            keep = box_ops.remove_small_boxes(img_boxes, min_box_size)
+            img_boxes, img_scores = img_boxes[keep], img_scores[keep]
+            keep = box_ops.nms(img_boxes, img_scores, nms_thresh)[:max_regions]
+            boxes.append(img_boxes[keep])
+            scores.append(img_scores[keep])
+        return boxes, scores
+
+    def candidate_embeddings(
+        self, images: list[torch.Tensor], *, max_regions: int = 32, nms_thresh: float = 0.5, min_box_size: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, K, D] V2L embeddings, [B, K] validity) of each image's candidate regions, found as
+        `regions()` finds them (boxes without gradient) and embedded with gradient, so a caption-
+        grounding loss trains the very path pseudo-labeling aligns words with."""
+        image_list, features = self._features(images)
+        boxes, _ = self._candidate_boxes(image_list, features, nms_thresh=nms_thresh, max_regions=max_regions,
+                                         min_box_size=min_box_size)
+        embeddings = self.v2l(self.roi_heads.box_features(features, boxes, image_list.image_sizes)).float()
+        counts = [len(b) for b in boxes]
+        padded = embeddings.new_zeros(len(images), max(1, max(counts)), embeddings.shape[-1])
+        valid = torch.zeros(padded.shape[:2], dtype=torch.bool, device=padded.device)
+        for i, part in enumerate(embeddings.split(counts)):
+            padded[i, : len(part)] = part
+            valid[i, : len(part)] = True
+        return padded, valid
+
+    @torch.no_grad()
     def regions(
         self,
         images: list[torch.Tensor],
@@ -278,18 +319,9 @@ class OpenVocabMaskRCNN(MaskRCNN):
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, features = self._features(images)
         sizes = image_list.image_sizes
-        proposals, objectness = self._proposals_with_objectness(image_list, features)
+        boxes, scores = self._candidate_boxes(image_list, features, nms_thresh=nms_thresh, max_regions=max_regions,
+                                              min_box_size=min_box_size)
         heads = self.roi_heads
-        deltas = heads.box_predictor.bbox_pred(heads.box_features(features, proposals, sizes)).float()
-        refined = heads.box_coder.decode(deltas, proposals).reshape(-1, 4)
-        boxes, scores = [], []
-        for img_boxes, img_scores, size in zip(refined.split([len(p) for p in proposals]), objectness, sizes):
-            img_boxes = box_ops.clip_boxes_to_image(img_boxes, size)
-            keep = box_ops.remove_small_boxes(img_boxes, min_box_size)
-            img_boxes, img_scores = img_boxes[keep], img_scores[keep]
-            keep = box_ops.nms(img_boxes, img_scores, nms_thresh)[:max_regions]
-            boxes.append(img_boxes[keep])
-            scores.append(img_scores[keep])
         embeddings = self.v2l(heads.box_features(features, boxes, sizes)).float()
         mask_probs = heads.mask_logits(features, boxes, sizes).float().sigmoid()[:, 0]
         counts = [len(b) for b in boxes]

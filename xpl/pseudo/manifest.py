@@ -3,7 +3,8 @@
     <output>/shards/<name>.tar      labeled samples: <key>.<jpg|png|...> (original bytes), <key>.txt,
                                     <key>.json (the img2dataset record, when present), <key>.pseudo.json
     <output>/manifest/<name>.jsonl  one line per input key: {"key", "status", "reason", "instances",
-                                    "categories", "align_scores", "mask_scores"}
+                                    "categories", "align_scores", "mask_scores", and "truth" where the
+                                    sample carries truth (`xpl.eval.pseudo_quality.judge_sample`)}
     <output>/tmp/                   shards being written (removed at the start of every run)
     <output>/summary.json           totals of the whole output after the last run
 
@@ -86,6 +87,8 @@ def manifest_record(row: dict[str, Any]) -> dict[str, Any]:
             align_scores=[i["align_score"] for i in instances],
             mask_scores=[i["mask_score"] for i in instances],
         )
+    if row.get("truth"):
+        record["truth"] = json.loads(row["truth"])
     return record
 
 

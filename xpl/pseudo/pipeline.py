@@ -95,7 +95,8 @@ def build_dataset(
         },
     )
     ds = ds.map_batches(instance_batch, batch_format="pyarrow", batch_size=None, num_cpus=cpu,
-                        fn_kwargs={"mask_threshold": settings.mask_threshold})
+                        fn_kwargs={"mask_threshold": settings.mask_threshold,
+                                   "ids_by_name": {c.name: c.id for c in vocab.categories}})
     here = ray.get_runtime_context().get_node_id()
     return ds.map_batches(
         ShardWriter, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=1),

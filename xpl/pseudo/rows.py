@@ -69,6 +69,7 @@ RESULT_SCHEMA = pa.schema(
         ("scale", pa.float64()),
         ("selection", pa.binary()),  # xpl.pseudo.align.Selection.to_bytes() of pending rows
         ("pseudo", pa.string()),  # pseudo.json text for labeled rows
+        ("truth", pa.string()),  # json: pseudo instances judged against the sample's own truth, if it has any
         ("t_read", pa.float64()),
         ("t_decode", pa.float64()),
         ("t_teacher", pa.float64()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -18,21 +18,30 @@ COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
 
 
-def draw_pseudo(image_bytes: bytes, pseudo: dict[str, Any], min_side: int = 256) -> Image.Image:
-    """The image with each pseudo mask tinted, its box outlined and 'name "phrase" score' written."""
+RIGHT, WRONG = (40, 190, 60), (230, 30, 30)
+
+
+def draw_pseudo(image_bytes: bytes, pseudo: dict[str, Any], min_side: int = 256,
+                verdicts: Optional[Sequence[bool]] = None) -> Image.Image:
+    """The image with each pseudo mask tinted, its box outlined and 'name "phrase" score' written.
+
+    With `verdicts` (right or wrong per instance, from the quality judgement) masks and boxes are
+    green when right and red when wrong; otherwise each instance gets its own colour.
+    """
     image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
     canvas = np.asarray(image, dtype=np.float32).copy()
-    for i, inst in enumerate(pseudo["instances"]):
+    colours = [RIGHT if ok else WRONG for ok in verdicts] if verdicts is not None else \
+        [COLOURS[i % len(COLOURS)] for i in range(len(pseudo["instances"]))]
+    for inst, colour in zip(pseudo["instances"], colours):
         mask = rle.decode(inst["segmentation"], image.height, image.width)
-        canvas[mask] = 0.45 * canvas[mask] + 0.55 * np.array(COLOURS[i % len(COLOURS)], dtype=np.float32)
+        canvas[mask] = 0.45 * canvas[mask] + 0.55 * np.array(colour, dtype=np.float32)
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     scale = max(1.0, min_side / min(out.size))
     if scale > 1:
         out = out.resize((round(out.width * scale), round(out.height * scale)), Image.NEAREST)
     draw = ImageDraw.Draw(out)
-    for i, inst in enumerate(pseudo["instances"]):
+    for inst, colour in zip(pseudo["instances"], colours):
         x, y, w, h = (v * scale for v in inst["bbox"])
-        colour = COLOURS[i % len(COLOURS)]
         draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
         label = f'{inst["name"]} "{inst["phrase"]}" {inst["align_score"]:.2f}'
         draw.text((x + 2, y + 1), label, fill=colour, stroke_width=1, stroke_fill=(0, 0, 0))

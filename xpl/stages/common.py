@@ -50,6 +50,14 @@ def stage_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.output_dir) / stage
 
 
+def evaluate_grounding(cfg: DictConfig, model_path: Path, *, last_map: bool) -> dict[str, float]:
+    """Pointing and zero-shot accuracy of an exported model on the val split (see `evaluate_pointing`)."""
+    from xpl.eval.pointing import evaluate_pointing
+
+    return evaluate_pointing(model_path, cfg.data.vocab, cfg.data.val_json, cfg.data.val_images, cfg.text.model,
+                             last_map=last_map)
+
+
 def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any], metrics: Mapping[str, float],
                       artifacts: list[Path]) -> str:
     """Log the resolved config, params, final metrics and files to the stage's run; return its run id."""

@@ -10,44 +10,16 @@ import torch
 from omegaconf import DictConfig
 
 from xpl.config import to_dict
-from xpl.data.captions import iter_caption_samples
-from xpl.data.coco import CocoInstances
-from xpl.errors import DataError
-from xpl.eval.pointing import pointing_accuracy
-from xpl.model.checkpoint import export_model, load_model
-from xpl.model.detector import OpenVocabMaskRCNN
+from xpl.data.sampling import caption_batches
+from xpl.model.checkpoint import export_model
 from xpl.model.grounding import grounding_loss
-from xpl.stages.common import ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings
-from xpl.text import TextEncoder
+from xpl.model.objectives import GridGrounding
+from xpl.stages.common import (ConfigTask, build_detector, evaluate_grounding, log_stage_summary, stage_dir,
+                               train_settings)
+from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
-from xpl.vocab import Vocabulary
-from xpl.words import content_words
 
 STAGE = "pretrain"
-
-
-def caption_tokens(encoder: TextEncoder, captions: list[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T, D] embeddings of each caption's content words and the [B, T] validity mask."""
-    words = [content_words(c)[:max_words] for c in captions]
-    length = max(1, max(len(w) for w in words))
-    tokens = torch.zeros(len(words), length, encoder.dim)
-    mask = torch.zeros(len(words), length, dtype=torch.bool)
-    for i, ws in enumerate(words):
-        if ws:
-            tokens[i, : len(ws)] = encoder.embed(ws)
-            mask[i, : len(ws)] = True
-    return tokens, mask
-
-
-class GridGrounding(torch.nn.Module):
-    """The detector seen through its grid-cell region embeddings, so training calls go through `forward`."""
-
-    def __init__(self, detector: OpenVocabMaskRCNN, grid: int, max_cells: int) -> None:
-        super().__init__()
-        self.detector, self.grid, self.max_cells = detector, grid, max_cells
-
-    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
-        return self.detector.grid_embeddings(images, grid=self.grid, max_cells=self.max_cells)
 
 
 @dataclass
@@ -69,23 +41,11 @@ class PretrainTask(ConfigTask):
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg = self.cfg
-        batch_size, epoch = cfg.pretrain.train.batch_size, 0
-        while True:
-            samples = iter_caption_samples(cfg.data.captions, rank=rank, world_size=world_size,
-                                           image_size=cfg.data.image_size, shuffle=256,
-                                           seed=cfg.pretrain.train.seed + 1000 * start_step + epoch)
-            batch: list[dict[str, Any]] = []
-            yielded = 0
-            for sample in samples:
-                batch.append(sample)
-                if len(batch) == batch_size:
-                    tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in batch], cfg.pretrain.max_words)
-                    yield [s["image"] for s in batch], tokens, mask
-                    batch, yielded = [], yielded + 1
-            if yielded == 0:
-                raise DataError(f"{cfg.data.captions}: rank {rank} got fewer than batch_size={batch_size} "
-                                f"readable caption samples (skipped: {dict(samples.skipped)})")
-            epoch += 1
+        for batch in caption_batches(cfg.data.captions, cfg.pretrain.train.batch_size, rank=rank,
+                                     world_size=world_size, image_size=cfg.data.image_size, start_step=start_step,
+                                     seed=cfg.pretrain.train.seed):
+            tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in batch], cfg.pretrain.max_words)
+            yield [s["image"] for s in batch], tokens, mask
 
     def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
         images, tokens, mask = batch
@@ -96,18 +56,6 @@ class PretrainTask(ConfigTask):
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
         export_model(model.detector, path)
-
-
-def evaluate_grounding(cfg: DictConfig, model_path: Path, *, last_map: bool) -> dict[str, float]:
-    """Pointing and zero-shot accuracy of an exported model's V2L on the val split's ground-truth instances
-    (`last_map`: pooled as in caption pretraining; otherwise as the detector pools RoIs)."""
-    vocab = Vocabulary.load(cfg.data.vocab)
-    model = load_model(model_path)
-    dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=vocab.ids)
-    embeddings = TextEncoder(cfg.text.model).embed(vocab.names)
-    novel = {i + 1 for i, c in enumerate(vocab.categories) if c.split == "novel"}
-    scores = pointing_accuracy(model, dataset, embeddings, novel, last_map=last_map)
-    return {f"val_{k}": v for k, v in scores.items()}
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:

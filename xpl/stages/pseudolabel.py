@@ -2,7 +2,9 @@
 
 `run_pseudolabel(cfg)` plans the shards (finished ones are skipped: resume), embeds the vocabulary
 names, runs the Ray Data pipeline, then accounts for the whole output from the manifests and logs
-params, counts, throughput, score histograms and example pictures to MLflow.
+params, counts, throughput, score histograms and example pictures to MLflow. Where the samples carry
+truth (the shapes world), it also reports pseudo-label quality: printed, in `summary.json`, as
+MLflow metrics, as a threshold curve and as an HTML gallery (`<output>/report/gallery.html`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
@@ -23,8 +25,16 @@ log = logging.getLogger(__name__)
 STAGE = "pseudolabel"
 
 
-def _report(output: Path, names: list[str], records: list[dict[str, Any]], visualize: int) -> Path:
-    """Histograms (png + json) and example pictures under `<output>/report`."""
+# How many labeled samples the gallery may read while looking for examples of every class.
+GALLERY_SCAN = 2000
+
+
+def _report(output: Path, names: list[str], records: list[dict[str, Any]], visualize: int,
+            quality: Optional[dict[str, Any]]) -> Path:
+    """Histograms (png + json), example pictures and, where samples carry truth, the quality curve
+    (png + json) and the gallery, under `<output>/report`."""
+    from xpl.plots import threshold_curve_png
+    from xpl.pseudo.gallery import write_gallery
     from xpl.pseudo.manifest import shard_path
     from xpl.pseudo.visualize import draw_pseudo, histogram, histogram_image, labeled_samples
 
@@ -39,7 +49,27 @@ def _report(output: Path, names: list[str], records: list[dict[str, Any]], visua
     for i, (key, image, pseudo) in enumerate(labeled_samples(shards, visualize)):
         safe = key.replace("/", "_")
         draw_pseudo(image, pseudo).save(report / "examples" / f"{i:02d}_{safe}.png")
+    if quality is not None:
+        (report / "quality.json").write_text(json.dumps(quality, indent=1))
+        (report / "quality_curve.json").write_text(json.dumps(quality["curve"], indent=1))
+        threshold_curve_png(quality["curve"], report / "quality_curve.png",
+                            "pseudo-labels against the truth, by alignment-score threshold")
+        by_key = {r["key"]: r for r in records}
+        samples = ((k, image, pseudo, by_key.get(k, {})) for k, image, pseudo in labeled_samples(shards, GALLERY_SCAN))
+        write_gallery(report, quality, samples, curve="quality_curve.png")
     return report
+
+
+def quality_metrics(quality: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics of the quality report: per split and per class, the defined values only."""
+    metrics = {}
+    groups = [(f"quality.{s}", v) for s, v in quality["splits"].items()]
+    groups += [(f"quality.class.{name}", v) for name, v in quality["classes"].items()]
+    for prefix, values in groups:
+        for key in ("precision", "recall", "chance", "mask_iou"):
+            if values[key] is not None:
+                metrics[f"{prefix}.{key}"] = values[key]
+    return metrics
 
 
 def _params(cfg: DictConfig, n_shards: int, n_classes: int) -> dict[str, Any]:
@@ -61,6 +91,7 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
     from xpl.pseudo import manifest
     from xpl.cluster import connect
     from xpl.config import to_dict, to_yaml
+    from xpl.eval.pseudo_quality import format_report, quality_report
     from xpl.pseudo.pipeline import Settings, run_shards
     from xpl.tracking import config_digest, log_params_once, resolve_tracking_uri, stage_run
     from xpl.vocab import Vocabulary
@@ -107,6 +138,10 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
         records = [r for rs in records_by_shard.values() if rs for r in rs]
         totals = manifest.totals(records)
         totals.update(shards=len(shards), unfinished_shards=len(missing), run=run, output=str(output))
+        quality = quality_report(records, {c.id: c.name for c in vocab.categories},
+                                 {c.id: c.split for c in vocab.categories})
+        if quality is not None:
+            totals["quality"] = {k: v for k, v in quality.items() if k != "curve"}
         summary = {**totals, "shard_urls": {s.name: s.url for s in shards}}
         (output / "summary.json").write_text(json.dumps(summary, indent=1))
 
@@ -121,8 +156,11 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
         if todo:
             metrics.update(run_samples=run["samples"], run_seconds=run["seconds"], images_per_s=run["images_per_s"])
             metrics.update({f"ms_per_image.{k}": v for k, v in run["ms_per_image"].items()})
+        if quality is not None:
+            metrics.update(quality_metrics(quality))
+            print(format_report(quality), flush=True)
         mlflow.log_metrics(metrics, step=step)
-        report = _report(output, [s.name for s in shards], records, int(pl.visualize))
+        report = _report(output, [s.name for s in shards], records, int(pl.visualize), quality)
         mlflow.log_artifacts(str(report), STAGE)
         mlflow.log_artifact(str(output / "summary.json"), STAGE)
     if missing:

@@ -1,4 +1,9 @@
-"""Stage 2: the teacher, a Mask R-CNN on base classes with masks; V2L from pretraining, frozen."""
+"""Stage 2: the teacher, a Mask R-CNN on base classes with masks; V2L from pretraining, frozen.
+
+With `teacher.grounding_weight` > 0 each step also grounds caption words in the teacher's candidate
+regions (`xpl.model.objectives.DetectionWithGrounding`), so the regions pseudo-labeling picks from
+keep pointing at the objects captions name, novel ones included (measured in the README).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ from omegaconf import DictConfig
 
 from xpl.config import to_dict
 from xpl.data.coco import CocoInstances
+from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import XPLError
 from xpl.eval.coco_eval import mask_ap, predict_masks
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
-from xpl.stages.common import ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings
-from xpl.stages.pretrain import evaluate_grounding
-from xpl.text import TextEncoder
+from xpl.model.objectives import DetectionWithGrounding
+from xpl.stages.common import (ConfigTask, build_detector, evaluate_grounding, log_stage_summary, stage_dir,
+                               train_settings)
+from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
 
@@ -29,29 +36,15 @@ def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
     return [c.id for c in base], [c.name for c in base]
 
 
-def rank_batches(n_items: int, batch_size: int, rank: int, world_size: int, start_step: int,
-                 seed: int) -> Iterator[list[int]]:
-    """Index batches for one rank: a seeded permutation per epoch, ranks interleaved, resumable at a step."""
-    per_rank = n_items // world_size
-    if per_rank < batch_size:
-        raise ValueError(f"{n_items} items cannot fill batch_size={batch_size} on each of {world_size} workers")
-    steps_per_epoch = per_rank // batch_size
-    step = start_step
-    while True:
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        mine = order[rank::world_size][:per_rank]
-        yield mine[offset * batch_size : (offset + 1) * batch_size]
-        step += 1
-
-
 @dataclass
 class TeacherTask(ConfigTask):
-    """Mask R-CNN losses over base classes; classifier = V2L against base-class name embeddings."""
+    """Mask R-CNN losses over base classes; classifier = V2L against base-class name embeddings;
+    plus caption grounding over candidate regions when `teacher.grounding_weight` > 0."""
 
     stage: str = STAGE
     unused_parameters: bool = False
     _dataset: CocoInstances | None = field(default=None, repr=False)
+    _encoder: TextEncoder | None = field(default=None, repr=False)
 
     def dataset(self) -> CocoInstances:
         if self._dataset is None:
@@ -60,32 +53,52 @@ class TeacherTask(ConfigTask):
                                           category_ids=base_categories(cfg)[0])
         return self._dataset
 
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.cfg.text.model)
+        return self._encoder
+
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        encoder = TextEncoder(cfg.text.model)
-        model = build_detector(cfg.model, encoder.dim)
+        model = build_detector(cfg.model, self.encoder().dim)
         if cfg.teacher.init:
             load_pretrained_parts(model, cfg.teacher.init)
-        model.set_class_embeddings(encoder.embed(base_categories(cfg)[1]))
+        model.set_class_embeddings(self.encoder().embed(base_categories(cfg)[1]))
         if cfg.teacher.freeze_v2l:
             model.freeze_v2l()
-        return model
+        return DetectionWithGrounding(model, max_regions=cfg.teacher.grounding_regions, tau=cfg.pretrain.tau)
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg, data = self.cfg, self.dataset()
-        for indices in rank_batches(len(data), cfg.teacher.train.batch_size, rank, world_size, start_step,
-                                    cfg.teacher.train.seed):
-            yield [data[i] for i in indices]
+        teacher = cfg.teacher
+        captions = None
+        if teacher.grounding_weight > 0:
+            captions = caption_batches(cfg.data.captions, teacher.caption_batch_size, rank=rank,
+                                       world_size=world_size, image_size=cfg.data.image_size,
+                                       start_step=start_step, seed=teacher.train.seed)
+        for indices in rank_batches(len(data), teacher.train.batch_size, rank, world_size, start_step,
+                                    teacher.train.seed):
+            grounding = None
+            if captions is not None:
+                samples = next(captions)
+                tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in samples], cfg.pretrain.max_words)
+                grounding = ([s["image"] for s in samples], tokens, mask)
+            yield [data[i] for i in indices], grounding
 
     def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
-        images = [img.to(device) for img, _ in batch]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for _, t in batch]
-        losses = model(images, targets)
-        total = sum(losses.values())
+        items, grounding = batch
+        images = [img.to(device) for img, _ in items]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for _, t in items]
+        if grounding is not None:
+            caption_images, tokens, mask = grounding
+            grounding = ([img.to(device) for img in caption_images], tokens.to(device), mask.to(device))
+        losses = model(images, targets, grounding)
+        weights = {"loss_grounding": self.cfg.teacher.grounding_weight}
+        total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
         return total, {k: float(v.item()) for k, v in losses.items()}, len(images)
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model, path)
+        export_model(model.detector, path)
 
 
 def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, float]:

@@ -1,0 +1,74 @@
+"""The robust student's objective on a tiny detector: what each branch trains, and the sigma head's freeze."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xpl.model.detector import OpenVocabMaskRCNN
+from xpl.model.student import RobustStudent
+
+DIM = 16
+
+
+def _detector() -> OpenVocabMaskRCNN:
+    torch.manual_seed(0)
+    model = OpenVocabMaskRCNN(embed_dim=DIM, image_size=64)
+    embeddings = torch.nn.functional.normalize(torch.randn(4, DIM), dim=1)  # labels 1..4; base = 1, 3
+    model.set_class_embeddings(embeddings)
+    return model
+
+
+def _target(box: list[float], label: int, size: int = 64) -> dict[str, torch.Tensor]:
+    masks = torch.zeros(1, size, size, dtype=torch.uint8)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    masks[0, y0:y1, x0:x1] = 1
+    return {"boxes": torch.tensor([box]), "labels": torch.tensor([label]), "masks": masks}
+
+
+def test_gt_branch_is_the_detector_over_base_classes_only() -> None:
+    det = _detector()
+    student = RobustStudent(det, base_labels=[1, 3]).train()
+    image = torch.rand(3, 64, 64)
+    torch.manual_seed(1)
+    losses, _ = student([image], [_target([8, 8, 30, 30], 2)], [], [])  # 2 = the second base class
+    reference = _detector().train()
+    reference.set_class_embeddings(det.class_embeddings[[0, 2]])
+    torch.manual_seed(1)
+    expected = reference([image], [_target([8, 8, 30, 30], 2)])
+    assert set(losses) == set(expected)
+    for name in expected:
+        assert losses[name].item() == pytest.approx(expected[name].item(), rel=1e-5)
+    assert student.detector.class_embeddings.shape[0] == 4  # the whole vocabulary again after the step
+
+
+def test_pseudo_branch_trains_positives_only_and_sigma_head_freezes() -> None:
+    student = RobustStudent(_detector(), base_labels=[1, 3], samples=3, sigma_freeze_step=1).train()
+    image = torch.rand(3, 64, 64)
+    target = {**_target([10, 10, 40, 40], 4), "corrupted": torch.tensor([True])}
+    losses, stats = student([], [], [image], [target])
+    assert set(losses) == {"loss_pseudo_classifier", "loss_pseudo_mask"}  # no RPN, no box, no background loss
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert stats["pseudo_positives"] >= 1 and stats["positives_label4"] == 1.0
+    assert stats["sigma_mean"] == pytest.approx(1.0, rel=1e-4) and "sigma_corrupted" in stats
+    sum(losses.values()).backward()
+    assert student.sigma_head.conv.weight.grad is not None  # first call: sigma learns
+    student.zero_grad()
+    losses, _ = student([], [], [image], [target])
+    sum(losses.values()).backward()
+    assert student.sigma_head.conv.weight.grad is None  # after sigma_freeze_step calls: frozen
+
+
+def test_positives_are_rois_overlapping_a_pseudo_box() -> None:
+    student = RobustStudent(_detector(), base_labels=[1, 3], max_positives=100)
+    proposals = [torch.tensor([[10.0, 10, 40, 40], [12, 12, 40, 40], [0, 0, 8, 8], [30, 30, 60, 60]])]
+    boxes, index, labels = student._positives(proposals, [_target([10, 10, 40, 40], 2)])
+    assert boxes[0].tolist() == [[10.0, 10, 40, 40], [12, 12, 40, 40], [10, 10, 40, 40]]  # 2 proposals + the box
+    assert index[0].tolist() == [0, 0, 0] and labels[0].tolist() == [2, 2, 2]
+
+
+def test_plain_mode_weights_every_instance_equally() -> None:
+    student = RobustStudent(_detector(), base_labels=[1, 3], mode="plain").train()
+    losses, stats = student([], [], [torch.rand(3, 64, 64)], [_target([5, 5, 50, 50], 3)])
+    assert stats["instance_weight_std"] == 0.0
+    assert torch.isfinite(losses["loss_pseudo_mask"])

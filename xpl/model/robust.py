@@ -1,0 +1,90 @@
+"""The robust student's noise model: per-pixel mask uncertainty and the losses it attenuates.
+
+For each pseudo-labeled RoI r and mask pixel p the mask head gives a logit `mu_rp`; a sigma head
+(a 1x1 conv on the stop-gradient mask-head features) gives `log sigma^2_rp`. The mask loss is the
+negative log of the expected likelihood of the pseudo mask under logits perturbed by that noise,
+estimated with T Monte-Carlo samples (heteroscedastic classification, Kendall & Gal 2017):
+
+    z_t = mu + sigma * eps_t,   L = - mean_{r,p} [ logsumexp_t( -BCE(z_t, m) ) - log T ]
+
+A pixel the student cannot fit (a wrong pseudo label) lowers its loss by growing sigma, and then
+pulls less on mu. Averaging the BCE over samples instead (`sampled_bce`, the form of the XPM release)
+gives sigma no reason to grow, since BCE is convex in the logit: E[BCE(mu + sigma eps)] >= BCE(mu).
+It is kept, with `plain` BCE on mu, as an ablation. Pseudo instances also weigh in the
+classification loss by `lambda_r = c / stopgrad(mean_p sigma_rp)`: noisier masks count less.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("expected_likelihood", "sampled_bce", "plain")
+
+
+class SigmaHead(nn.Module):
+    """`log sigma^2` per RoI and mask pixel from the mask head's features, which it never trains.
+
+    Zero weights and bias `log sigma0^2` make sigma start at `sigma0` everywhere (near 0 the noise
+    gradient vanishes and sigma would never grow). The output is clamped to [min, max] log variance.
+    """
+
+    def __init__(self, in_channels: int, *, sigma0: float = 1.0, min_log_var: float = -8.0,
+                 max_log_var: float = 6.0) -> None:
+        super().__init__()
+        if sigma0 <= 0:
+            raise ValueError(f"sigma0 must be positive, got {sigma0}")
+        self.conv = nn.Conv2d(in_channels, 1, kernel_size=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.constant_(self.conv.bias, 2 * math.log(sigma0))
+        self.min_log_var, self.max_log_var = min_log_var, max_log_var
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[R, C, M, M] mask-head features -> [R, M, M] log sigma^2 (fp32)."""
+        log_var = self.conv(features.detach()).float()[:, 0]
+        return log_var.clamp(self.min_log_var, self.max_log_var)
+
+
+def robust_mask_loss(mu: torch.Tensor, log_var: Optional[torch.Tensor], target: torch.Tensor, *,
+                     mode: str = "expected_likelihood", samples: int = 5,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Scalar mask loss over RoIs and pixels (see the module docstring), computed in fp32.
+
+    Args:
+        mu: [R, M, M] mask logits. log_var: [R, M, M] log sigma^2 (unused by `plain`).
+        target: [R, M, M] pseudo mask in {0, 1}. samples: T Monte-Carlo draws.
+        generator: for the noise draws (tests); the noise lives on `mu`'s device.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown robust loss mode {mode!r}; choose one of {MODES}")
+    mu, target = mu.float(), target.float()
+    if mu.numel() == 0:
+        return mu.sum() * 0.0
+    if mode == "plain":
+        return F.binary_cross_entropy_with_logits(mu, target)
+    if log_var is None:
+        raise ValueError(f"mode {mode!r} needs log_var")
+    sigma = torch.exp(0.5 * log_var.float())
+    eps = torch.randn((samples, *mu.shape), device=mu.device, generator=generator)
+    z = mu.unsqueeze(0) + sigma.unsqueeze(0) * eps
+    bce = F.binary_cross_entropy_with_logits(z, target.expand_as(z), reduction="none")
+    if mode == "sampled_bce":
+        return bce.mean()
+    log_likelihood = torch.logsumexp(-bce, dim=0) - math.log(samples)
+    return -log_likelihood.mean()
+
+
+def instance_weights(log_var: torch.Tensor, *, c: float = 1.0, min_weight: float = 0.1,
+                     max_weight: float = 10.0) -> torch.Tensor:
+    """[R] weights `c / mean_p sigma_rp` of pseudo instances (no gradient), clamped to
+    [min_weight, max_weight] and then scaled to mean 1, so they reweigh instances without changing
+    the loss's overall scale."""
+    if log_var.shape[0] == 0:
+        return log_var.new_zeros(0)
+    sigma = torch.exp(0.5 * log_var.detach().float()).flatten(1).mean(1)
+    weights = (c / sigma).clamp(min_weight, max_weight)
+    return weights / weights.mean()

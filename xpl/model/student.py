@@ -1,0 +1,149 @@
+"""The robust student's training objective: a GT branch on base-annotated images and a pseudo branch on
+pseudo-labeled caption images, in one forward call (DDP and DeepSpeed see every parameter used there).
+
+GT branch: the detector's standard Mask R-CNN losses, its classifier restricted to the base classes
+(+ background): base images say nothing about novel classes, so they never push novel logits down.
+
+Pseudo branch (per caption image, boxes in its pixels):
+- RPN proposals (no gradient to the boxes) plus the pseudo boxes themselves; RoIs with IoU >= 0.5 to
+  a pseudo box are positives with its class over the whole vocabulary, at most `max_positives` per
+  image. Other RoIs get no loss at all: an object the caption did not name is not background.
+- classification: cross-entropy over the vocabulary (+ the fixed background logit), each positive
+  weighted by its instance weight `lambda_r` (`xpl.model.robust.instance_weights`);
+- mask: `robust_mask_loss` between the mask logits `mu` and the pseudo mask, with `log sigma^2` from a
+  `SigmaHead` on the mask predictor's last features; the sigma head stops learning after
+  `sigma_freeze_step` forward calls (its log variance is detached from then on);
+- no box regression unless `pseudo_box_loss`; no RPN loss.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import project_masks_on_boxes
+
+from xpl.model.detector import OpenVocabMaskRCNN
+from xpl.model.robust import SigmaHead, instance_weights, robust_mask_loss
+
+Targets = list[dict[str, torch.Tensor]]
+
+
+class RobustStudent(torch.nn.Module):
+    """The detector plus its sigma head; `forward` returns (losses, stats).
+
+    Args:
+        detector: the student detector (weights from the teacher), class embeddings of the whole vocabulary.
+        base_labels: the detector labels (1..C) of the base classes, in order; GT targets use 1..len(base_labels).
+        mode, samples, sigma0: the robust mask loss (`xpl.model.robust`).
+        c: numerator of the instance weights. sigma_freeze_step: forward calls after which sigma stops learning.
+    """
+
+    def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str = "expected_likelihood",
+                 samples: int = 5, c: float = 1.0, sigma0: float = 1.0, sigma_freeze_step: int = 10**9,
+                 max_positives: int = 16, pseudo_box_loss: bool = False) -> None:
+        super().__init__()
+        self.detector = detector
+        predictor = detector.roi_heads.mask_predictor
+        self.sigma_head = SigmaHead(predictor.mask_fcn_logits.in_channels, sigma0=sigma0)
+        all_embeddings = detector.class_embeddings
+        if all_embeddings.shape[0] == 0:
+            raise ValueError("set the detector's class embeddings (the whole vocabulary) before building the student")
+        self.register_buffer("all_embeddings", all_embeddings.clone(), persistent=False)
+        self.register_buffer("base_embeddings", all_embeddings[torch.tensor(base_labels) - 1].clone(), persistent=False)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.mode, self.samples, self.c = mode, samples, c
+        self.sigma_freeze_step, self.max_positives, self.pseudo_box_loss = sigma_freeze_step, max_positives, pseudo_box_loss
+
+    def _use_classes(self, embeddings: torch.Tensor) -> None:
+        self.detector.roi_heads.box_predictor.class_embeddings = embeddings
+
+    def forward(self, gt_images: list[torch.Tensor], gt_targets: Targets, pseudo_images: list[torch.Tensor],
+                pseudo_targets: Targets) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        losses: dict[str, torch.Tensor] = {}
+        if gt_images:
+            self._use_classes(self.base_embeddings)
+            losses.update(self.detector(gt_images, gt_targets))
+        self._use_classes(self.all_embeddings)
+        stats: dict[str, float] = {}
+        if pseudo_images:
+            pseudo_losses, stats = self._pseudo_branch(pseudo_images, pseudo_targets)
+            losses.update(pseudo_losses)
+        if self.training:
+            self.calls += 1
+        return losses, stats
+
+    def _positives(self, proposals: list[torch.Tensor], targets: Targets) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                                                list[torch.Tensor]]:
+        """Per image: positive RoIs (IoU >= 0.5 with a pseudo box, pseudo boxes included), their
+        matched pseudo instance and label."""
+        heads = self.detector.roi_heads
+        proposals = heads.add_gt_proposals(proposals, [t["boxes"] for t in targets])
+        matched, labels = heads.assign_targets_to_proposals(proposals, [t["boxes"] for t in targets],
+                                                            [t["labels"] for t in targets])
+        boxes, index, classes = [], [], []
+        for props, match, lab in zip(proposals, matched, labels):
+            keep = torch.where(lab > 0)[0]
+            if len(keep) > self.max_positives:
+                keep = keep[torch.randperm(len(keep), device=keep.device)[: self.max_positives]]
+            boxes.append(props[keep])
+            index.append(match[keep])
+            classes.append(lab[keep])
+        return boxes, index, classes
+
+    def _pseudo_branch(self, images: list[torch.Tensor], targets: Targets) -> tuple[dict[str, torch.Tensor],
+                                                                                 dict[str, float]]:
+        det = self.detector
+        heads = det.roi_heads
+        images = det._cast(images)
+        image_list, targets = det.transform(images, targets)
+        features = det.backbone(image_list.tensors)
+        sizes = image_list.image_sizes
+        with torch.no_grad():
+            proposals, _ = det._proposals_with_objectness(image_list, features)
+        boxes, index, labels = self._positives([p.detach() for p in proposals], targets)
+        box_features = heads.box_features(features, boxes, sizes)
+        class_logits, deltas = heads.box_predictor(box_features)
+        mask_features = heads.mask_predictor.relu(heads.mask_predictor.conv5_mask(
+            heads.mask_head(heads.mask_roi_pool(features, boxes, sizes))))
+        mu = heads.mask_predictor.mask_fcn_logits(mask_features)[:, 0].float()
+        log_var = self.sigma_head(mask_features)
+        if self.calls >= self.sigma_freeze_step:
+            log_var = log_var.detach()
+        mask_targets = torch.cat([project_masks_on_boxes(t["masks"], b, i, mu.shape[-1])
+                                  for t, b, i in zip(targets, boxes, index)])
+        labels_all = torch.cat(labels)
+        weights = instance_weights(log_var, c=self.c) if self.mode != "plain" else torch.ones_like(labels_all,
+                                                                                                   dtype=torch.float32)
+        ce = F.cross_entropy(class_logits.float(), labels_all, reduction="none")
+        n = max(len(labels_all), 1)
+        losses = {
+            "loss_pseudo_classifier": (weights * ce).sum() / n,
+            "loss_pseudo_mask": robust_mask_loss(mu, log_var, mask_targets, mode=self.mode, samples=self.samples),
+        }
+        if self.pseudo_box_loss:
+            matched_boxes = torch.cat([t["boxes"][i] for t, i in zip(targets, index)])
+            regression = heads.box_coder.encode([matched_boxes], [torch.cat(boxes)])[0]
+            losses["loss_pseudo_box_reg"] = F.smooth_l1_loss(deltas.float(), regression.float(), beta=1 / 9,
+                                                             reduction="sum") / n
+        stats = self._stats(log_var.detach(), weights, labels_all, torch.cat(
+            [t["corrupted"][i] for t, i in zip(targets, index)]) if "corrupted" in targets[0] else None)
+        return losses, stats
+
+    def _stats(self, log_var: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
+               corrupted: Optional[torch.Tensor]) -> dict[str, float]:
+        """Mean sigma on pseudo pixels, the instance weights' spread, positives per class, and mean sigma
+        on corrupted vs clean instances when the noise study marks them."""
+        if len(labels) == 0:
+            return {"pseudo_positives": 0.0}
+        sigma = torch.exp(0.5 * log_var).flatten(1).mean(1)
+        stats = {"pseudo_positives": float(len(labels)), "sigma_mean": float(sigma.mean()),
+                 "instance_weight_std": float(weights.std()) if len(weights) > 1 else 0.0}
+        for label, count in zip(*torch.unique(labels, return_counts=True)):
+            stats[f"positives_label{int(label)}"] = float(count) / len(labels)
+        if corrupted is not None:
+            for name, chosen in (("corrupted", corrupted), ("clean", ~corrupted)):
+                if bool(chosen.any()):
+                    stats[f"sigma_{name}"] = float(sigma[chosen.bool()].mean())
+        return stats
