@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from xpl.model.grounding import grounding_loss, pair_scores
+from xpl.model.grounding import caption_label_loss, grounding_loss, pair_scores
 
 
 def _dot(a, b):
@@ -101,3 +102,24 @@ def test_gradient_flows_to_both_sides():
     loss = grounding_loss(regions, torch.ones(2, 3, dtype=torch.bool), tokens, torch.ones(2, 2, dtype=torch.bool))
     loss.backward()
     assert regions.grad.abs().sum() > 0 and tokens.grad.abs().sum() > 0
+
+
+def test_caption_label_loss_matches_hand_computation():
+    regions = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [9.0, 9.0]],   # third region is padding
+                            [[-1.0, 0.5], [0.0, 0.0], [0.0, 0.0]]])
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    classes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # image 0: class scores max(1, 0) = 1 and max(0, 2) = 2; image 1: -1 and 0.5
+    scores = torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
+    expected = F.binary_cross_entropy_with_logits(scores, labels)
+    assert caption_label_loss(regions, valid, classes, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_caption_label_loss_skips_images_without_regions_and_trains_the_best_region_only():
+    regions = torch.tensor([[[1.0, 0.0], [0.5, 0.0]], [[3.0, 3.0], [3.0, 3.0]]], requires_grad=True)
+    valid = torch.tensor([[True, True], [False, False]])
+    loss = caption_label_loss(regions, valid, torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0], [0.0]]))
+    assert loss.item() == pytest.approx(F.softplus(torch.tensor(-1.0)).item(), rel=1e-6)
+    loss.backward()
+    assert regions.grad[0, 0, 0] < 0 and regions.grad[0, 1].abs().sum() == 0 and regions.grad[1].abs().sum() == 0

@@ -62,6 +62,11 @@ def test_unique_ids_in_order_of_first_mention(vocab):
     assert unique_category_ids(vocab.match("a moon, a cat and another moon")) == [6, 3]
 
 
+def test_named_classes_as_an_indicator_in_vocabulary_order(vocab):
+    assert vocab.named("Two hot dogs, a crescent and a teddy.") == [0, 1, 0, 0, 0, 1, 1, 0, 0, 0]
+    assert vocab.named("nothing here") == [0] * 10
+
+
 def test_splits(vocab):
     assert [c.name for c in vocab.split("novel")] == ["moon", "teddy bear"]
     assert len(vocab.split("base")) == 8 and len(vocab.split("all")) == 10

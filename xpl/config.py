@@ -110,9 +110,10 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4, lr=2e-3))
     init: Optional[str] = "${output_dir}/pretrain/model.pt"
     freeze_v2l: bool = True
-    grounding_weight: float = 0.0  # > 0: also ground caption words in candidate regions, each step
-    caption_batch_size: int = 4  # caption images per worker and step for that grounding loss
-    grounding_regions: int = 32  # candidate regions per caption image the words attend over
+    caption_label_weight: float = 0.0  # > 0: classes named by captions must be found among candidate regions
+    grounding_weight: float = 0.0  # > 0: caption words attend over candidate regions (in-batch contrast)
+    caption_batch_size: int = 4  # caption images per worker and step for those two losses
+    caption_regions: int = 32  # candidate regions per caption image
 
 
 @dataclass

@@ -115,6 +115,11 @@ class Vocabulary:
                 i += 1
         return found
 
+    def named(self, text: str) -> list[int]:
+        """1 for each category (in vocabulary order) that `text` names, else 0."""
+        found = {m.category_id for m in self.match(text)}
+        return [int(c.id in found) for c in self.categories]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "categories": [

@@ -225,9 +225,10 @@ class OpenVocabMaskRCNN(MaskRCNN):
         """V2L embeddings of boxes (transformed coordinates) pooled from the last backbone map."""
         pooler = self.roi_heads.box_roi_pool
         last = features[pooler.featmap_names[-1]]
+        # One sample per output bin: grid cells are about one map pixel wide, so more samples only
+        # repeat the same bilinear interpolation, and roi_align's backward pass costs per sample.
         pooled = roi_align(last.float(), [b.float() for b in boxes], output_size=pooler.output_size,
-                           spatial_scale=last.shape[-1] / padded_width, sampling_ratio=pooler.sampling_ratio,
-                           aligned=False)
+                           spatial_scale=last.shape[-1] / padded_width, sampling_ratio=1, aligned=False)
         return self.v2l(self.roi_heads.box_head(pooled.to(last.dtype)))
 
     @torch.no_grad()

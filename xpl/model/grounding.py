@@ -6,6 +6,8 @@ For image b's regions v_i and caption c's tokens w_j, s_ij = <v_i, w_j> / tau.
 Means and softmaxes run over valid (unpadded) entries only. The loss is the
 in-batch cross-entropy over S and over S', each both ways (the caption for each
 image, the image for each caption): the average of these four terms.
+`caption_label_loss` is the multiple-instance twin over a fixed vocabulary: the classes a caption
+names must be found in some region of its image, the others in none.
 Computed in fp32 whatever the input dtype.
 """
 
@@ -70,3 +72,26 @@ def grounding_loss(
     target = torch.arange(scores.shape[0], device=scores.device)
     terms = [F.cross_entropy(m, target) for m in (scores, scores.T, scores_r2w, scores_r2w.T)]
     return torch.stack(terms).mean()
+
+
+def caption_label_loss(
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    class_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """Multiple-instance loss of caption-named classes over an image's regions (fp32).
+
+    Each image scores each vocabulary class by its best region, `max_i <v_i, t_c>`, and that score is
+    pushed up for the classes its caption names (`labels` 1) and down for the others (binary cross-
+    entropy; the background's fixed logit 0 is the decision point, as in the detector's classifier).
+
+    Args:
+        regions: [B, N, D] region embeddings. region_mask: [B, N] bool, True for real regions.
+        class_embeddings: [C, D] vocabulary embeddings. labels: [B, C] in {0, 1}.
+    """
+    logits = regions.float() @ class_embeddings.float().T  # [B, N, C]
+    logits = logits.masked_fill(~region_mask[..., None], torch.finfo(torch.float32).min)
+    scores = logits.max(dim=1).values
+    has_region = region_mask.any(dim=1)
+    return F.binary_cross_entropy_with_logits(scores[has_region], labels.float()[has_region])

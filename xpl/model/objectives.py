@@ -8,9 +8,10 @@ from typing import Optional
 import torch
 
 from xpl.model.detector import OpenVocabMaskRCNN
-from xpl.model.grounding import grounding_loss
+from xpl.model.grounding import caption_label_loss, grounding_loss
 
-CaptionBatch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]  # images, [B, T, D] tokens, [B, T] mask
+# images, [B, T, D] caption tokens, [B, T] token mask, [B, C] vocabulary classes each caption names
+CaptionBatch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class GridGrounding(torch.nn.Module):
@@ -25,21 +26,27 @@ class GridGrounding(torch.nn.Module):
         return self.detector.grid_embeddings(images, grid=self.grid, max_cells=self.max_cells)
 
 
-class DetectionWithGrounding(torch.nn.Module):
-    """Mask R-CNN losses on annotated images plus, when a caption batch comes along, the caption-grounding
-    loss over the detector's candidate regions (`loss_grounding`): the words of each caption attend over
-    the regions pseudo-labeling will choose from, so the region embeddings stay grounded in words, novel
-    ones included, while the detector learns the base classes."""
+class DetectionWithCaptions(torch.nn.Module):
+    """Mask R-CNN losses on annotated images plus, when a caption batch comes along, two caption losses
+    over the detector's candidate regions, the regions pseudo-labeling will choose from:
+    - `loss_caption_labels` (`caption_label_loss`): the vocabulary classes a caption names, novel ones
+      included, must score high on some region of its image, the others on none;
+    - `loss_grounding` (`grounding_loss`): the caption's words attend over the regions, in-batch contrast.
+    So region embeddings learn the novel names from captions while the detector learns the base classes.
+    `vocabulary`: [C, D] embeddings of every class (base and novel), in label order."""
 
-    def __init__(self, detector: OpenVocabMaskRCNN, *, max_regions: int = 32, tau: float = 1.0) -> None:
+    def __init__(self, detector: OpenVocabMaskRCNN, vocabulary: torch.Tensor, *, max_regions: int = 32,
+                 tau: float = 1.0) -> None:
         super().__init__()
         self.detector, self.max_regions, self.tau = detector, max_regions, tau
+        self.register_buffer("vocabulary", vocabulary.detach().float().clone(), persistent=False)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
                 captions: Optional[CaptionBatch] = None) -> dict[str, torch.Tensor]:
         losses = self.detector(images, targets)
         if captions is not None:
-            caption_images, tokens, token_mask = captions
+            caption_images, tokens, token_mask, labels = captions
             regions, valid = self.detector.candidate_embeddings(caption_images, max_regions=self.max_regions)
+            losses["loss_caption_labels"] = caption_label_loss(regions, valid, self.vocabulary, labels)
             losses["loss_grounding"] = grounding_loss(regions, valid, tokens, token_mask, tau=self.tau)
         return losses

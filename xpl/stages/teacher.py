@@ -1,8 +1,9 @@
 """Stage 2: the teacher, a Mask R-CNN on base classes with masks; V2L from pretraining, frozen.
 
-With `teacher.grounding_weight` > 0 each step also grounds caption words in the teacher's candidate
-regions (`xpl.model.objectives.DetectionWithGrounding`), so the regions pseudo-labeling picks from
-keep pointing at the objects captions name, novel ones included (measured in the README).
+With `teacher.caption_label_weight` or `teacher.grounding_weight` > 0 each step also learns from a
+batch of caption images, over the teacher's candidate regions (`xpl.model.objectives.
+DetectionWithCaptions`): the classes a caption names, novel ones included, must be found in its image,
+so the regions pseudo-labeling picks from point at the objects captions name (measured in the README).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import XPLError
 from xpl.eval.coco_eval import mask_ap, predict_masks
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
-from xpl.model.objectives import DetectionWithGrounding
+from xpl.model.objectives import DetectionWithCaptions
 from xpl.stages.common import (ConfigTask, build_detector, evaluate_grounding, log_stage_summary, stage_dir,
                                train_settings)
 from xpl.text import TextEncoder, caption_tokens
@@ -58,6 +59,13 @@ class TeacherTask(ConfigTask):
             self._encoder = TextEncoder(self.cfg.text.model)
         return self._encoder
 
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.load(self.cfg.data.vocab)
+
+    def uses_captions(self) -> bool:
+        teacher = self.cfg.teacher
+        return teacher.caption_label_weight > 0 or teacher.grounding_weight > 0
+
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
         model = build_detector(cfg.model, self.encoder().dim)
@@ -66,34 +74,38 @@ class TeacherTask(ConfigTask):
         model.set_class_embeddings(self.encoder().embed(base_categories(cfg)[1]))
         if cfg.teacher.freeze_v2l:
             model.freeze_v2l()
-        return DetectionWithGrounding(model, max_regions=cfg.teacher.grounding_regions, tau=cfg.pretrain.tau)
+        return DetectionWithCaptions(model, self.encoder().embed(self.vocabulary().names),
+                                     max_regions=cfg.teacher.caption_regions, tau=cfg.pretrain.tau)
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg, data = self.cfg, self.dataset()
         teacher = cfg.teacher
-        captions = None
-        if teacher.grounding_weight > 0:
+        captions, vocab = None, self.vocabulary()
+        if self.uses_captions():
             captions = caption_batches(cfg.data.captions, teacher.caption_batch_size, rank=rank,
                                        world_size=world_size, image_size=cfg.data.image_size,
                                        start_step=start_step, seed=teacher.train.seed)
         for indices in rank_batches(len(data), teacher.train.batch_size, rank, world_size, start_step,
                                     teacher.train.seed):
-            grounding = None
+            caption_batch = None
             if captions is not None:
                 samples = next(captions)
-                tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in samples], cfg.pretrain.max_words)
-                grounding = ([s["image"] for s in samples], tokens, mask)
-            yield [data[i] for i in indices], grounding
+                texts = [s["caption"] for s in samples]
+                tokens, mask = caption_tokens(self.encoder(), texts, cfg.pretrain.max_words)
+                labels = torch.tensor([vocab.named(t) for t in texts], dtype=torch.float32)
+                caption_batch = ([s["image"] for s in samples], tokens, mask, labels)
+            yield [data[i] for i in indices], caption_batch
 
     def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
-        items, grounding = batch
+        items, caption_batch = batch
         images = [img.to(device) for img, _ in items]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for _, t in items]
-        if grounding is not None:
-            caption_images, tokens, mask = grounding
-            grounding = ([img.to(device) for img in caption_images], tokens.to(device), mask.to(device))
-        losses = model(images, targets, grounding)
-        weights = {"loss_grounding": self.cfg.teacher.grounding_weight}
+        if caption_batch is not None:
+            caption_images, *tensors = caption_batch
+            caption_batch = ([img.to(device) for img in caption_images], *(t.to(device) for t in tensors))
+        losses = model(images, targets, caption_batch)
+        teacher = self.cfg.teacher
+        weights = {"loss_caption_labels": teacher.caption_label_weight, "loss_grounding": teacher.grounding_weight}
         total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
         return total, {k: float(v.item()) for k, v in losses.items()}, len(images)
 
