@@ -33,9 +33,15 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    """Where the datasets are. Caption shards: a glob, a brace pattern or an fsspec URL."""
+    """Where the datasets are. Caption shards: a glob, a brace pattern or an fsspec URL.
+
+    `synthesize`: the data is the shapes world, written to `root` by `xpl demo` when missing (only into
+    an empty folder or an earlier shapes world). Real-data presets set it to false: then missing data
+    is an error that names it.
+    """
 
     root: str = "data/shapes"
+    synthesize: bool = True
     vocab: str = "${data.root}/vocab.json"
     train_json: str = "${data.root}/coco/instances_train_base.json"
     train_images: str = "${data.root}/coco/train"

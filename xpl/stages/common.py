@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from xpl.config import from_dict, to_yaml
+from xpl.config import from_dict, to_dict, to_yaml
 from xpl.model.detector import OpenVocabMaskRCNN
-from xpl.tracking import config_digest, resolve_tracking_uri, stage_run
+from xpl.tracking import log_config, resolve_tracking_uri, stage_run
 from xpl.train.engine import TrainSettings
 
 
@@ -50,19 +50,21 @@ def stage_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.output_dir) / stage
 
 
-def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any], metrics: Mapping[str, float],
-                      artifacts: list[Path]) -> str:
-    """Log the resolved config, params, final metrics and files to the stage's run; return its run id."""
+def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any],
+                      metrics: Mapping[str, Optional[float]], artifacts: list[Path]) -> str:
+    """Log the resolved config (see `log_config`), params, final metrics and files to the stage's run; return
+    its run id. A metric that is None was not measurable (e.g. AP without ground truth) and is not logged."""
     import mlflow
 
     from xpl.tracking import log_params_once
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     with stage_run(uri, cfg.tracking.experiment, cfg.run_name, stage) as run:
-        log_params_once({**params, "config_digest": config_digest(OmegaConf.to_container(cfg, resolve=True))})
-        if metrics:
-            mlflow.log_metrics(dict(metrics))
-        mlflow.log_text(to_yaml(cfg), f"{stage}/config.yaml")
+        log_params_once(params)
+        log_config(to_dict(cfg), to_yaml(cfg), stage)
+        measured = {k: v for k, v in metrics.items() if v is not None}
+        if measured:
+            mlflow.log_metrics(measured)
         curves = _loss_curves(uri, run.info.run_id, stage_dir(cfg, stage) / "loss_curves.png", stage)
         for path in [*artifacts, *curves]:
             mlflow.log_artifact(str(path), artifact_path=stage)
