@@ -21,6 +21,8 @@ from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
 
 STAGE = "teacher"
+# What caption pretraining does not train, so the teacher may start it fresh: RPN, box regression, mask head.
+FRESH_PARTS = ("rpn.", "roi_heads.box_predictor.bbox_pred.", "roi_heads.mask_head.", "roi_heads.mask_predictor.")
 
 
 def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
@@ -65,7 +67,7 @@ class TeacherTask(ConfigTask):
         encoder = TextEncoder(cfg.text.model)
         model = build_detector(cfg.model, encoder.dim)
         if cfg.teacher.init:
-            load_pretrained_parts(model, cfg.teacher.init)
+            load_pretrained_parts(model, cfg.teacher.init, allow_missing=FRESH_PARTS)
         model.set_class_embeddings(encoder.embed(base_categories(cfg)[1]))
         if cfg.teacher.freeze_v2l:
             model.freeze_v2l()
@@ -102,7 +104,9 @@ def run_teacher(cfg: DictConfig) -> dict[str, Any]:
     """Train on the running Ray cluster; write `<output_dir>/teacher/model.pt`; evaluate; log to MLflow."""
     if cfg.teacher.init and not Path(cfg.teacher.init).is_file():
         raise XPLError(f"teacher.init={cfg.teacher.init}: file not found (run pretraining, or set teacher.init='')")
-    result = fit(TeacherTask(to_dict(cfg)), train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
+    task = TeacherTask(to_dict(cfg))
+    task.build_model()  # here first: an incompatible teacher.init stops the stage before any worker starts
+    result = fit(task, train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
     metrics = evaluate_base(cfg, result.model_path) | evaluate_grounding(cfg, result.model_path, last_map=False)
     run_id = log_stage_summary(cfg, STAGE, {"train_json": cfg.data.train_json, "init": cfg.teacher.init}, metrics, [])
     print(f"[{STAGE}] base mask AP50 on val: {metrics['val_base_mask_AP50']:.1f}  AP: {metrics['val_base_mask_AP']:.1f}\n"
