@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -90,7 +90,7 @@ class TeacherTask(ConfigTask):
         export_model(model, path)
 
 
-def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, float]:
+def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float]]:
     """Constrained base-class mask AP of an exported teacher on the val split."""
     base, names = base_categories(cfg)
     model = load_model(model_path)
@@ -98,6 +98,10 @@ def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, float]:
     dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=base)
     scores = mask_ap(cfg.data.val_json, predict_masks(model, dataset, base), base)
     return {f"val_base_mask_{k}": v for k, v in scores.items()}
+
+
+def _shown(value: Optional[float]) -> str:
+    return "n/a (no base-class instances in val)" if value is None else f"{value:.1f}"
 
 
 def run_teacher(cfg: DictConfig) -> dict[str, Any]:
@@ -109,7 +113,8 @@ def run_teacher(cfg: DictConfig) -> dict[str, Any]:
     result = fit(task, train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
     metrics = evaluate_base(cfg, result.model_path) | evaluate_grounding(cfg, result.model_path, last_map=False)
     run_id = log_stage_summary(cfg, STAGE, {"train_json": cfg.data.train_json, "init": cfg.teacher.init}, metrics, [])
-    print(f"[{STAGE}] base mask AP50 on val: {metrics['val_base_mask_AP50']:.1f}  AP: {metrics['val_base_mask_AP']:.1f}\n"
+    ap50, ap = (_shown(metrics[f"val_base_mask_{k}"]) for k in ("AP50", "AP"))
+    print(f"[{STAGE}] base mask AP50 on val: {ap50}  AP: {ap}\n"
           f"[{STAGE}] model: {result.model_path}\n[{STAGE}] checkpoint: {result.checkpoint_path}\n"
           f"[{STAGE}] mlflow run: {run_id}", flush=True)
     return {"model": str(result.model_path), "checkpoint": result.checkpoint_path, "mlflow_run_id": run_id,
