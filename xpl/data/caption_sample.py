@@ -5,9 +5,9 @@ Checks, in order (the first failure is the sample's reason): an image member exi
 (`missing_image`), a `.txt` caption exists (`missing_caption`), is UTF-8 (`caption_not_utf8`) and not
 blank (`empty_caption`), the image header is readable and its pixel count is within `max_pixels`
 (`too_many_pixels`, read from the header before any decoding, so a decompression bomb is never
-decoded), the image decodes completely (`corrupt_image`; a truncated JPEG fails here). The image is
-resized so its longer side is `image_size` (JPEGs are decoded at reduced scale when that is enough,
-via PIL's draft mode).
+decoded), the image decodes completely (`corrupt_image`; a truncated JPEG fails here). A larger image
+is shrunk so its longer side is `image_size`, never enlarged: the detector's own transform scales it
+to its input size (JPEGs are decoded at reduced scale when that is enough, via PIL's draft mode).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def read_caption(members: dict[str, bytes]) -> tuple[Optional[str], Optional[str
 
 
 def _target_size(width: int, height: int, image_size: int) -> tuple[int, int]:
-    if image_size <= 0:
+    if image_size <= 0 or max(width, height) <= image_size:
         return width, height
     scale = image_size / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -64,7 +64,7 @@ def _target_size(width: int, height: int, image_size: int) -> tuple[int, int]:
 
 def decode_image(data: bytes, *, max_pixels: int,
                  image_size: int) -> tuple[Optional[np.ndarray], int, int, Optional[str]]:
-    """(pixels with the longer side `image_size` (0: as stored), original width, height, None)
+    """(pixels with the longer side at most `image_size` (0: as stored), original width, height, None)
     or (None, w, h, reason)."""
     width = height = 0
     try:

@@ -136,8 +136,8 @@ def iter_caption_samples(urls: str | list[str], *, rank: int = 0, world_size: in
     """Caption samples for one rank: `{"key": str, "image": float CHW in [0, 1], "caption": str}`.
 
     Rank r reads shards r, r + world_size, ...; with fewer shards than ranks every rank
-    reads all shards and keeps samples r, r + world_size, ... instead. `image_size` resizes
-    so the longer side has that many pixels. `shuffle` > 0 shuffles the shard order and
+    reads all shards and keeps samples r, r + world_size, ... instead. `image_size` shrinks
+    larger images so the longer side has that many pixels. `shuffle` > 0 shuffles the shard order and
     the samples in a buffer of that size, seeded by `seed`.
     """
     return CaptionSamples(expand_urls(urls), rank=rank, world_size=world_size, image_size=image_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +14,8 @@ from xpl.config import from_dict, to_dict, to_yaml
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.tracking import log_config, resolve_tracking_uri, stage_run
 from xpl.train.engine import TrainSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,19 @@ class ConfigTask:
 def build_detector(model_cfg: Mapping[str, Any], embed_dim: int) -> OpenVocabMaskRCNN:
     """The open-vocabulary Mask R-CNN from the `model` config section (detectron2's `from_config`)."""
     return OpenVocabMaskRCNN(embed_dim=embed_dim, **dict(model_cfg))
+
+
+def warn_untrained_backbone(cfg: DictConfig) -> Optional[str]:
+    """Say loudly in the log when a real-data run's ResNet-50 starts from random weights (the paper's starts
+    from ImageNet, and its numbers assume it); return the warning, or None when there is nothing to say."""
+    model = cfg.model
+    if model.backbone != "r50_fpn" or model.pretrained_backbone or cfg.data.synthesize:
+        return None
+    message = ("model.backbone=r50_fpn starts from RANDOM weights (model.pretrained_backbone is not set): expect "
+               "results far below the paper's, which start from ImageNet; set model.pretrained_backbone to a local "
+               "torchvision ResNet-50 state_dict file")
+    log.warning("WARNING: %s", message)
+    return message
 
 
 def train_settings(cfg: DictConfig, stage_section: str) -> TrainSettings:

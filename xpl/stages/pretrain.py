@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,13 +18,20 @@ from xpl.eval.pointing import pointing_accuracy
 from xpl.model.checkpoint import export_model, load_model
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import grounding_loss
-from xpl.stages.common import ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings
+from xpl.stages.common import (ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings,
+                               warn_untrained_backbone)
 from xpl.text import TextEncoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
 from xpl.words import content_words
 
 STAGE = "pretrain"
+
+
+def one_caption(text: str, rng: random.Random) -> str:
+    """One caption of a `.txt` that may hold several, one per line (`xpl make-shards` writes all five of a COCO
+    image's): a different one may be drawn at every step, as each caption describes the whole image."""
+    return rng.choice([line.strip() for line in text.splitlines() if line.strip()])
 
 
 def caption_tokens(encoder: TextEncoder, captions: list[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,15 +79,17 @@ class PretrainTask(ConfigTask):
         cfg = self.cfg
         batch_size, epoch = cfg.pretrain.train.batch_size, 0
         while True:
+            seed = cfg.pretrain.train.seed + 1000 * start_step + epoch
             samples = iter_caption_samples(cfg.data.captions, rank=rank, world_size=world_size,
-                                           image_size=cfg.data.image_size, shuffle=256,
-                                           seed=cfg.pretrain.train.seed + 1000 * start_step + epoch)
+                                           image_size=cfg.data.image_size, shuffle=256, seed=seed)
+            rng = random.Random(f"captions/{seed}/{rank}")
             batch: list[dict[str, Any]] = []
             yielded = 0
             for sample in samples:
                 batch.append(sample)
                 if len(batch) == batch_size:
-                    tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in batch], cfg.pretrain.max_words)
+                    captions = [one_caption(s["caption"], rng) for s in batch]
+                    tokens, mask = caption_tokens(self.encoder(), captions, cfg.pretrain.max_words)
                     yield [s["image"] for s in batch], tokens, mask
                     batch, yielded = [], yielded + 1
             if yielded == 0:
@@ -112,6 +122,7 @@ def evaluate_grounding(cfg: DictConfig, model_path: Path, *, last_map: bool) -> 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Train on the running Ray cluster; write `<output_dir>/pretrain/model.pt`; evaluate; log to MLflow."""
+    warn_untrained_backbone(cfg)
     settings = train_settings(cfg, STAGE)
     result = fit(PretrainTask(to_dict(cfg)), settings, stage_dir(cfg, STAGE))
     metrics = evaluate_grounding(cfg, result.model_path, last_map=True)

@@ -14,7 +14,8 @@ from xpl.data.coco import CocoInstances
 from xpl.errors import XPLError
 from xpl.eval.coco_eval import mask_ap, predict_masks
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
-from xpl.stages.common import ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings
+from xpl.stages.common import (ConfigTask, build_detector, log_stage_summary, stage_dir, train_settings,
+                               warn_untrained_backbone)
 from xpl.stages.pretrain import evaluate_grounding
 from xpl.text import TextEncoder
 from xpl.train.engine import fit
@@ -108,6 +109,8 @@ def run_teacher(cfg: DictConfig) -> dict[str, Any]:
     """Train on the running Ray cluster; write `<output_dir>/teacher/model.pt`; evaluate; log to MLflow."""
     if cfg.teacher.init and not Path(cfg.teacher.init).is_file():
         raise XPLError(f"teacher.init={cfg.teacher.init}: file not found (run pretraining, or set teacher.init='')")
+    if not cfg.teacher.init:
+        warn_untrained_backbone(cfg)
     task = TeacherTask(to_dict(cfg))
     task.build_model()  # here first: an incompatible teacher.init stops the stage before any worker starts
     result = fit(task, train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
