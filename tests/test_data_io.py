@@ -238,3 +238,23 @@ def test_a_cut_shard_on_a_non_seekable_stream_is_counted(world: dict, stream_sha
     samples = iter_caption_samples(url)
     assert [s["key"] for s in samples] == [f"{i:09d}" for i in range(3)]
     assert samples.skipped == {"truncated_tar": 1} and samples.bad_shards == [url]
+
+
+def test_shard_reader_keys_follow_webdataset_without_loading_torch() -> None:
+    """The reader runs in every Ray Data read task: it splits names by webdataset's `base_plus_ext` rule
+    without importing webdataset, which would load torch into each of those processes."""
+    import subprocess
+    import sys
+
+    from webdataset.tariterators import base_plus_ext
+
+    from xpl.data.tar_records import split_name
+
+    for name in ("000000001.jpg", "dir/000123.pseudo.json", "a.b/c.txt", "README", ".hidden", "k.", "x/y"):
+        key, suffix = base_plus_ext(name)
+        assert split_name(name) == (key, suffix or ""), name
+    probe = ("import sys, xpl.data.tar_records, xpl.data.caption_sample, xpl.pseudo.decode; "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False", out.stderr[-1000:]
