@@ -240,6 +240,15 @@ def test_a_cut_shard_on_a_non_seekable_stream_is_counted(world: dict, stream_sha
     assert samples.skipped == {"truncated_tar": 1} and samples.bad_shards == [url]
 
 
+def test_a_dropped_connection_is_counted_and_the_stream_goes_on(world: dict, stream_shard) -> None:
+    data = Path(world["caption_shards"][0]).read_bytes()
+    dropped = stream_shard("00000.tar", data, fail_after=len(data) // 2)
+    samples = iter_caption_samples([dropped, world["caption_shards"][1]])
+    keys = [s["key"] for s in samples]
+    assert samples.skipped == {"read_error": 1} and samples.bad_shards == [dropped]
+    assert keys[-6:] == [f"{i:09d}" for i in range(6, 12)] and len(keys) < 12
+
+
 def test_shard_reader_keys_follow_webdataset_without_loading_torch() -> None:
     """The reader runs in every Ray Data read task: it splits names by webdataset's `base_plus_ext` rule
     without importing webdataset, which would load torch into each of those processes."""
