@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
+    from xpl.cluster import start_local_ray
     from xpl.config import load_config
     from xpl.data.captions import expand_urls
     from xpl.pseudo import manifest
@@ -212,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     results["a_plain"] = bench_plain(str(teacher), images, settings.batch_size, threads)
     results["a_plain_all_cores"] = bench_plain(str(teacher), images, settings.batch_size, torch.get_num_threads())
     embeddings = TextEncoder(cfg.text.model).embed(vocab.names).numpy()
-    ray.init(num_cpus=int(torch.get_num_threads()), include_dashboard=False, configure_logging=False,
-             address="local")
+    start_local_ray(num_cpus=int(torch.get_num_threads()), include_dashboard=False)
     scratch = Path(tempfile.mkdtemp(prefix="xpl-bench-"))
     try:
         total = float(torch.get_num_threads())

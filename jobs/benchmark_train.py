@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_env_defaults()
 
-    from xpl.stages.pipeline import ensure_shapes_world
+    from xpl.stages.pipeline import ensure_inputs
     from xpl.stages.teacher import run_teacher
 
     connect()
@@ -43,7 +43,7 @@ def main() -> None:
                 f"teacher.train.log_every={args.steps // 2}", f"teacher.train.checkpoint_every={args.steps}",
                 "teacher.train.max_failures=0",
             ])
-            ensure_shapes_world(cfg)
+            ensure_inputs(cfg)
             result = run_teacher(cfg)
             rows.append({"backend": backend, "zero_stage": zero if backend == "deepspeed" else None,
                          "images_per_s": result["images_per_s"], "workers": cfg.teacher.train.num_workers,

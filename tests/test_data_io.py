@@ -211,7 +211,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogC
     assert [s["key"] for s in kept] == ["000000000", "000000006"]
     assert kept[0]["caption"] == "a red star" and kept[0]["image"].shape == (3, 5, 10)
     assert samples.yielded == 2
-    assert samples.skipped == {"bad_image": 2, "missing_caption": 1, "empty_caption": 1, "missing_image": 1}
+    assert samples.skipped == {"corrupt_image": 2, "missing_caption": 1, "empty_caption": 1, "missing_image": 1}
     assert "000000003: missing_caption" in caplog.text
 
 
@@ -225,5 +225,45 @@ def test_truncated_shard_is_counted(world: dict, tmp_path: Path, where: str) -> 
     broken.write_bytes(Path(source).read_bytes()[:cut])
     samples = iter_caption_samples([str(broken), world["caption_shards"][1]])
     keys = [s["key"] for s in samples]
-    assert samples.skipped == {"bad_shard": 1} and samples.bad_shards == [str(broken)]
+    assert samples.skipped == {"truncated_tar": 1} and samples.bad_shards == [str(broken)]
     assert keys == ["000000000", "000000001", *(f"{i:09d}" for i in range(6, 12))]
+
+
+def test_a_cut_shard_on_a_non_seekable_stream_is_counted(world: dict, stream_shard) -> None:
+    """An object-store stream cannot seek to the end blocks: the reader must check them while streaming."""
+    data = Path(world["caption_shards"][0]).read_bytes()
+    with tarfile.open(world["caption_shards"][0]) as tar:
+        cut = tar.getmember("000000003.jpg").offset  # at a member boundary: tarfile itself sees no damage
+    url = stream_shard("00000.tar", data[:cut])
+    samples = iter_caption_samples(url)
+    assert [s["key"] for s in samples] == [f"{i:09d}" for i in range(3)]
+    assert samples.skipped == {"truncated_tar": 1} and samples.bad_shards == [url]
+
+
+def test_a_dropped_connection_is_counted_and_the_stream_goes_on(world: dict, stream_shard) -> None:
+    data = Path(world["caption_shards"][0]).read_bytes()
+    dropped = stream_shard("00000.tar", data, fail_after=len(data) // 2)
+    samples = iter_caption_samples([dropped, world["caption_shards"][1]])
+    keys = [s["key"] for s in samples]
+    assert samples.skipped == {"read_error": 1} and samples.bad_shards == [dropped]
+    assert keys[-6:] == [f"{i:09d}" for i in range(6, 12)] and len(keys) < 12
+
+
+def test_shard_reader_keys_follow_webdataset_without_loading_torch() -> None:
+    """The reader runs in every Ray Data read task: it splits names by webdataset's `base_plus_ext` rule
+    without importing webdataset, which would load torch into each of those processes."""
+    import subprocess
+    import sys
+
+    from webdataset.tariterators import base_plus_ext
+
+    from xpl.data.tar_records import split_name
+
+    for name in ("000000001.jpg", "dir/000123.pseudo.json", "a.b/c.txt", "README", ".hidden", "k.", "x/y"):
+        key, suffix = base_plus_ext(name)
+        assert split_name(name) == (key, suffix or ""), name
+    probe = ("import sys, xpl.data.tar_records, xpl.data.caption_sample, xpl.pseudo.decode; "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False", out.stderr[-1000:]

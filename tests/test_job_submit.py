@@ -106,6 +106,7 @@ def test_ray_job_submit_pseudolabels_shapes_shards(ray_head, tmp_path):
     assert status == JobStatus.SUCCEEDED, f"{status}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     logs = client.get_job_logs(submission_id)
     assert "samples 12: labeled" in logs
+    assert "[xpl] joining the Ray cluster at" in logs  # so the cluster's auth setting is left alone
 
     summary = json.loads((out / "pseudo" / "summary.json").read_text())
     assert summary["samples"] == 12 and summary["unfinished_shards"] == 0 and summary["duplicate_keys"] == 0

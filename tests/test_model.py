@@ -243,20 +243,56 @@ def test_load_errors_name_the_file(tmp_path):
         load_model(truncated)
 
 
-def test_load_pretrained_parts_reports_mismatches(tmp_path):
+def test_load_pretrained_parts_loads_all_or_fails_naming_the_keys(tmp_path):
     source = make_model()
+    export_model(source, tmp_path / "pre.pt")
+    torch.manual_seed(5)
+    target = OpenVocabMaskRCNN(embed_dim=D, image_size=SIZE)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+
     state = dict(source.state_dict())
     state["extra.weight"] = torch.zeros(1)
     state["roi_heads.box_predictor.bbox_pred.weight"] = torch.zeros(1, 1)
-    torch.manual_seed(5)
-    target = OpenVocabMaskRCNN(embed_dim=D, image_size=SIZE)
-    report = load_pretrained_parts(target, state)
-    assert report.unexpected == ["extra.weight"]
-    assert report.shape_mismatch == ["roi_heads.box_predictor.bbox_pred.weight"]
-    assert report.missing == []
+    with pytest.raises(XPLError) as err:
+        load_pretrained_parts(target, state)
+    message = str(err.value)
+    assert "roi_heads.box_predictor.bbox_pred.weight [1, 1] vs [4, 256]" in message and "extra.weight" in message
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items()), "nothing may be loaded"
+
+    other = export_model(OpenVocabMaskRCNN(embed_dim=D, image_size=SIZE, representation_size=32), tmp_path / "o.pt")
+    with pytest.raises(XPLError, match="o.pt: weights do not fit this model.*box_head.fc6.weight"):
+        load_pretrained_parts(target, other)
+
+    partial = {k: v for k, v in source.state_dict().items() if not k.startswith("roi_heads.mask_")}
+    with pytest.raises(XPLError, match="missing from the file: roi_heads.mask_head"):
+        load_pretrained_parts(target, partial)
+    report = load_pretrained_parts(target, partial, allow_missing=("roi_heads.mask_",))
+    assert report.missing and all(k.startswith("roi_heads.mask_") for k in report.missing)
     assert torch.equal(target.v2l.proj.weight, source.v2l.proj.weight)
-    export_model(source, tmp_path / "pre.pt")
-    assert load_pretrained_parts(target, tmp_path / "pre.pt").unexpected == []
+    assert load_pretrained_parts(target, tmp_path / "pre.pt").missing == []
+
+
+def test_ddp_state_loads_with_weights_only_and_refuses_other_pickles(tmp_path):
+    from xpl.train.ddp import load_state, save_state
+    from xpl.train.schedule import warmup_cosine
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        return model, optimizer, warmup_cosine(optimizer, 2, 10)
+
+    model, optimizer, scheduler = parts(0)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    save_state(tmp_path / "state.pt", "step00000001", model, optimizer, scheduler)
+    again = parts(1)
+    assert load_state(tmp_path / "state.pt", *again) == "step00000001"
+    assert torch.equal(again[0].weight, model.weight) and again[2].last_epoch == scheduler.last_epoch
+    torch.save({"tag": "x", "model": XPLError("not a tensor")}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        load_state(tmp_path / "evil.pt", *parts(2))
 
 
 def test_r50_loads_local_imagenet_weights_with_frozen_bn(tmp_path):

@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 
 from xpl.data import rle
 from xpl.data.shape_captions import SceneObject, plural, relation
-from xpl.data.shapes import CLASSES, MIN_VISIBLE_FRACTION, PALETTE, sample_scene, shape_mask, synthesize
+from xpl.data.shapes import CLASSES, MARKER, MIN_VISIBLE_FRACTION, PALETTE, sample_scene, shape_mask, synthesize
 from xpl.errors import XPLError
 
 SIZE = 64
@@ -58,7 +58,7 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) ->
     synthesize(tmp_path / "b", seed=3, **small)
     synthesize(tmp_path / "c", seed=4, **small)
     a, b, c = (_digests(tmp_path / x) for x in "abc")
-    assert len(a) == 1 + 2 + 6 + 4 + 3  # vocab, two jsons, pngs, 3 shards
+    assert len(a) == 1 + 1 + 2 + 6 + 4 + 3  # marker, vocab, two jsons, pngs, 3 shards
     assert a == b
     assert a.keys() == c.keys()
     assert a["vocab.json"] == c["vocab.json"]
@@ -210,6 +210,19 @@ def test_a_smaller_rerun_leaves_no_stale_shards_or_images(tmp_path: Path) -> Non
     synthesize(tmp_path, train_images=2, val_images=0, caption_images=4, shard_size=3, image_size=32)
     assert sorted(p.name for p in (tmp_path / "captions").iterdir()) == ["00000.tar", "00001.tar"]
     assert len(list((tmp_path / "coco" / "train").iterdir())) == 2
+
+
+def test_never_writes_into_a_folder_it_does_not_own(tmp_path: Path) -> None:
+    """Real data under the same root must survive: no write, no stale-shard clean-up, a clear error."""
+    foreign = tmp_path / "captions" / "00005.tar"
+    foreign.parent.mkdir()
+    foreign.write_bytes(b"someone else's shard")
+    with pytest.raises(XPLError, match="not a shapes world"):
+        synthesize(tmp_path, train_images=1, val_images=0, caption_images=3, shard_size=3, image_size=32)
+    assert foreign.read_bytes() == b"someone else's shard"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["00005.tar", "captions"]
+    synthesize(tmp_path / "fresh", train_images=1, val_images=0, caption_images=3, shard_size=3, image_size=32)
+    assert (tmp_path / "fresh" / MARKER).is_file()
 
 
 def test_plural_and_relation() -> None:

@@ -34,5 +34,8 @@ def test_batched_cached_and_ordered(text_encoder):
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path):
-    with pytest.raises(XPLError, match="cannot load text encoder"):
+    with pytest.raises(XPLError, match="no-such-model: folder not found; .* offline"):
         TextEncoder(str(tmp_path / "no-such-model"))
+    (tmp_path / "empty-model").mkdir()
+    with pytest.raises(XPLError, match="cannot load text encoder from folder"):
+        TextEncoder(str(tmp_path / "empty-model"))

@@ -59,3 +59,19 @@ def test_caption_tokens_keep_content_words_lemmatised(text_encoder):
     assert mask.tolist() == [[True, True, True], [False] * 3]
     assert tokens[0].equal(text_encoder.embed(["red", "star", "circle"]))
     assert tokens[1].abs().sum() == 0
+
+
+def test_teacher_refuses_an_init_file_that_does_not_fit(shapes_world, tmp_path):
+    """The teacher stage builds its model on the driver first: an incompatible teacher.init stops it there."""
+    from xpl.config import load_config, to_dict
+    from xpl.errors import XPLError
+    from xpl.model.checkpoint import export_model
+    from xpl.model.detector import OpenVocabMaskRCNN
+    from xpl.stages.teacher import TeacherTask
+
+    other = export_model(OpenVocabMaskRCNN(embed_dim=384, image_size=64, representation_size=32), tmp_path / "pre.pt")
+    cfg = load_config(None, [f"data.root={shapes_world}", "data.image_size=64", f"teacher.init={other}"])
+    with pytest.raises(XPLError, match="pre.pt: weights do not fit this model"):
+        TeacherTask(to_dict(cfg)).build_model()
+    fitting = export_model(OpenVocabMaskRCNN(embed_dim=384, image_size=64), tmp_path / "fits.pt")
+    TeacherTask(to_dict(load_config(None, [f"data.root={shapes_world}", f"teacher.init={fitting}"]))).build_model()

@@ -64,6 +64,9 @@ def test_teacher_resumes_from_its_checkpoint_in_the_same_run(pretrained, shapes_
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
     assert all(m.value == m.value and m.value < 1e3 for m in client.get_metric_history(run_id, "loss"))
     assert "val_base_mask_AP50" in found[0].data.metrics
+    params = found[0].data.params  # resumed with more steps: both configs are on record
+    assert params["config_digest"] != params["config_digest_2"] and found[0].data.tags["xpl.config_digest"] == \
+        params["config_digest_2"]
 
 
 def test_plain_ddp_backend_trains_the_grounding_model(shapes_world, ray_session, tmp_path):

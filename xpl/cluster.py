@@ -1,16 +1,57 @@
-"""Connecting to Ray: the cluster of `ray job submit` / RAY_ADDRESS, a running local one, or a new local one."""
+"""Connecting to Ray: the existing cluster that RAY_ADDRESS names (as `ray job submit` does), or a new local one.
+
+Token authentication belongs to whoever starts Ray. A Ray this process starts itself runs on this
+machine only, so its auth is turned off (`RAY_AUTH_MODE=disabled`, unless set explicitly), which
+keeps `ray.init`'s token file from turning auth on for later local `ray start`s. When joining an
+existing cluster, the cluster's setting is left alone.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Any, MutableMapping
+
 from xpl.runtime import apply_env_defaults
+
+# `ray job submit` runs the entrypoint with RAY_ADDRESS set to the cluster and this variable beside it.
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def joins_existing_cluster(env: MutableMapping[str, str]) -> bool:
+    """Whether Ray is to be joined rather than started: RAY_ADDRESS is set, or this runs under `ray job submit`."""
+    return bool(env.get("RAY_ADDRESS")) or JOB_CONFIG_VAR in env
+
+
+def set_auth_mode(env: MutableMapping[str, str]) -> bool:
+    """Disable token auth in `env` for a local Ray this process starts (an explicit setting wins); leave it
+    alone when joining a cluster. Returns whether this joins a cluster."""
+    joins = joins_existing_cluster(env)
+    if not joins:
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+    return joins
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """Start a new Ray on this machine (never joining another), with auth off unless set explicitly."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", configure_logging=False, **init_kwargs)
 
 
 def connect(num_cpus: int | None = None) -> None:
     """`ray.init` once per process. Workers call `apply_env_defaults` themselves, so no runtime_env is
-    forced here and a job's own runtime_env (working_dir) stays as submitted."""
+    forced here and a job's own runtime_env (working_dir) stays as submitted. `num_cpus` applies to a
+    local Ray only."""
     import ray
 
     apply_env_defaults()
     if ray.is_initialized():
         return
-    ray.init(num_cpus=num_cpus, log_to_driver=True, configure_logging=False)
+    if set_auth_mode(os.environ):
+        print(f"[xpl] joining the Ray cluster at {os.environ.get('RAY_ADDRESS')} (its auth settings apply)",
+              flush=True)
+        ray.init(log_to_driver=True, configure_logging=False)
+    else:
+        print("[xpl] starting a local Ray (RAY_ADDRESS is not set)", flush=True)
+        start_local_ray(num_cpus=num_cpus, log_to_driver=True)

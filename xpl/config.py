@@ -33,9 +33,17 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    """Where the datasets are. Caption shards: a glob, a brace pattern or an fsspec URL."""
+    """Where the datasets are. Caption shards: a glob, a brace pattern or an fsspec URL.
+
+    `image_size`: images read from caption shards are shrunk to at most this longer side (0: as stored).
+
+    `synthesize`: the data is the shapes world, written to `root` by `xpl demo` when missing (only into
+    an empty folder or an earlier shapes world). Real-data presets set it to false: then missing data
+    is an error that names it.
+    """
 
     root: str = "data/shapes"
+    synthesize: bool = True
     vocab: str = "${data.root}/vocab.json"
     train_json: str = "${data.root}/coco/instances_train_base.json"
     train_images: str = "${data.root}/coco/train"
@@ -54,11 +62,18 @@ class TextConfig:
 
 @dataclass
 class ModelConfig:
-    """Open-vocabulary Mask R-CNN (keyword arguments of `OpenVocabMaskRCNN`)."""
+    """Open-vocabulary Mask R-CNN (keyword arguments of `OpenVocabMaskRCNN`).
+
+    Resize: shorter side `min_size` unless the longer would pass `max_size`; both default to
+    `image_size` (the longer side is then `image_size`, as the shapes world wants). Real-data presets
+    use the detection standard 800 / 1333. `pretrained_backbone`: a local ImageNet ResNet-50 file.
+    """
 
     backbone: str = "tiny"
     pretrained_backbone: Optional[str] = None
     image_size: int = "${data.image_size}"  # type: ignore[assignment]
+    min_size: int = "${model.image_size}"  # type: ignore[assignment]
+    max_size: int = "${model.image_size}"  # type: ignore[assignment]
     box_batch_size_per_image: int = 64
     rpn_pre_nms_top_n_train: int = 200
     rpn_post_nms_top_n_train: int = 100
@@ -122,8 +137,8 @@ class PseudoLabelConfig:
 
     One output shard + manifest per input shard.
     Read, decode and writer stages each hold `num_cpus_per_task` CPUs (keep the actors' CPUs
-    below the cluster's so the readers are never starved). `image_size` is the longer side of
-    the image the teacher sees (0: as stored); masks are pasted at the original size.
+    below the cluster's so the readers are never starved). `image_size` caps the longer side of
+    the image the decoder hands the teacher (0: as stored); masks are pasted at the original size.
     """
 
     input: str = "${data.captions}"

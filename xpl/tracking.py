@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 RUN_KEY_TAG = "xpl.run_key"
+CONFIG_DIGEST = "config_digest"
+CONFIG_TAG = "xpl.config_digest"
 
 
 def resolve_tracking_uri(uri: Optional[str], workdir: str | Path | None = None) -> str:
@@ -76,3 +78,33 @@ def log_params_once(params: Mapping[str, Any]) -> None:
     fresh = {k: v for k, v in params.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)
+
+
+def config_history(params: Mapping[str, str]) -> list[str]:
+    """The config digests a run has recorded, oldest first (`config_digest`, `config_digest_2`, ...)."""
+    history, n = [], 1
+    while (name := CONFIG_DIGEST if n == 1 else f"{CONFIG_DIGEST}_{n}") in params:
+        history.append(params[name])
+        n += 1
+    return history
+
+
+def log_config(config: Mapping[str, Any], yaml_text: str, stage: str) -> str:
+    """Record the resolved config of this (re)run in the active run; return its digest.
+
+    A resumed run keeps its MLflow run, whose params cannot change: each config it has not seen last
+    adds the next param of `config_history` (a run resumed with a changed config shows both digests),
+    the tag `xpl.config_digest` names the current one, and each config's YAML is kept as the artifact
+    `<stage>/config-<digest>.yaml`.
+    """
+    import mlflow
+
+    digest = config_digest(config)
+    run = mlflow.active_run()
+    history = config_history(mlflow.get_run(run.info.run_id).data.params)
+    if not history or history[-1] != digest:
+        n = len(history) + 1
+        mlflow.log_param(CONFIG_DIGEST if n == 1 else f"{CONFIG_DIGEST}_{n}", digest)
+        mlflow.log_text(yaml_text, f"{stage}/config-{digest}.yaml")
+    mlflow.set_tag(CONFIG_TAG, digest)
+    return digest

@@ -1,14 +1,13 @@
 """Image-caption pairs from img2dataset WebDataset shards, for caption pretraining.
 
-Bad samples (undecodable image, missing or empty caption, unreadable shard) are
-skipped, logged with their key and reason, and counted in `CaptionSamples.skipped`:
-a stream never loses data silently.
+Bad samples (undecodable image, missing or empty caption, damaged or unreadable shard) are
+skipped, logged with their key and reason, and counted in `CaptionSamples.skipped`, with the
+reason names pseudo-labeling uses: a stream never loses data silently.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import logging
 import os
 import random
@@ -18,18 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import braceexpand
-import fsspec
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from xpl.data.caption_sample import check_sample
+from xpl.data.tar_records import (READ_ERROR, SHARD_KEY, TAIL_KEY, TRUNCATED, TarRecord, iter_tar_records,
+                                  open_shard)
 from xpl.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 
 
 def expand_urls(spec: str | list[str]) -> list[str]:
@@ -62,9 +59,12 @@ def expand_urls(spec: str | list[str]) -> list[str]:
 class CaptionSamples:
     """An iterable of `{"key", "image", "caption"}` dicts from shards; see `iter_caption_samples`.
 
-    After (or during) iteration, `skipped` counts dropped samples by reason ("bad_shard"
-    counts shards cut short or unreadable, whose remaining samples are lost), `bad_shards`
-    lists those shards and `yielded` counts delivered samples. All restart with each iteration.
+    Shards are read with the shared reader (`xpl.data.tar_records`) and samples checked with the
+    shared check (`xpl.data.caption_sample`), so the reasons are those of pseudo-labeling. After (or
+    during) iteration, `skipped` counts dropped records by reason (a shard cut short counts one
+    `truncated_tar`, its remaining samples being lost; a shard that cannot be read counts one
+    `read_error`), `bad_shards` lists the shards with such damage and `yielded` counts delivered
+    samples. All restart with each iteration.
     """
 
     def __init__(self, urls: list[str], *, rank: int, world_size: int, image_size: int | None,
@@ -76,7 +76,6 @@ class CaptionSamples:
         self.skipped: Counter[str] = Counter()
         self.bad_shards: list[str] = []
         self.yielded = 0
-        self._current_url = ""
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.skipped, self.bad_shards, self.yielded = Counter(), [], 0
@@ -97,66 +96,39 @@ class CaptionSamples:
         return self.rank * worker.num_workers + worker.id, self.world_size * worker.num_workers
 
     def _decoded(self, urls: list[str], by_index: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
-        files = tar_file_expander(self._streams(urls), handler=self._shard_error)
-        for index, sample in enumerate(group_by_keys(files, handler=self._shard_error)):
+        records = ((url, record) for url in urls for record in self._records(url))
+        for index, (url, record) in enumerate(records):
             if by_index is not None and index % by_index[1] != by_index[0]:
                 continue
-            decoded = self._decode(sample)
-            if decoded is not None:
-                self.yielded += 1
-                yield decoded
-
-    def _streams(self, urls: list[str]) -> Iterator[dict[str, Any]]:
-        """Open shards one at a time; each is checked for truncation and closed once it is read."""
-        for url in urls:
-            self._current_url = url
-            try:
-                stream = _open(url)
-            except OSError as exc:
-                self._bad_shard(url, exc)
+            if record.error is not None:
+                self._skip(url, record.key, record.error)
                 continue
-            with stream:
-                yield {"url": url, "stream": stream}
-                if url.endswith(".tar") and not _ends_cleanly(stream):
-                    self._bad_shard(url, "truncated (no end-of-archive blocks)")
+            checked = check_sample(record.members, image_size=self.image_size or 0)
+            if checked.reason is not None:
+                self._skip(url, record.key, checked.reason)
+                continue
+            self.yielded += 1
+            image = torch.tensor(checked.pixels, dtype=torch.float32).permute(2, 0, 1).div_(255)
+            yield {"key": os.path.basename(record.key), "image": image, "caption": checked.caption}
 
-    def _decode(self, sample: dict[str, Any]) -> dict[str, Any] | None:
-        key = sample["__key__"]
-        image_bytes = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
-        if image_bytes is None:
-            return self._skip(key, "missing_image")
-        if "txt" not in sample:
-            return self._skip(key, "missing_caption")
+    def _records(self, url: str) -> Iterator[TarRecord]:
+        """The shard's records; an I/O error ends the shard as one `read_error` record (training streams
+        go on with the next shard, counting the loss)."""
         try:
-            caption = sample["txt"].decode("utf-8").strip()
-        except UnicodeDecodeError:
-            return self._skip(key, "bad_caption")
-        if not caption:
-            return self._skip(key, "empty_caption")
-        try:
-            with Image.open(io.BytesIO(image_bytes)) as img:
-                img = img.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            return self._skip(key, "bad_image")
-        if self.image_size is not None:
-            img = _resize_longer_side(img, self.image_size)
-        image = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)
-        return {"key": os.path.basename(key), "image": image, "caption": caption}
+            with open_shard(url) as stream:
+                yield from iter_tar_records(stream)
+        except OSError as exc:
+            yield TarRecord(SHARD_KEY, error=f"{READ_ERROR}: {type(exc).__name__}: {exc}")
 
-    def _skip(self, key: str, reason: str) -> None:
-        self.skipped[reason] += 1
-        log.warning("skipping caption sample %s: %s", key, reason)
-
-    def _shard_error(self, exc: Exception) -> bool:
-        """webdataset's error handler: the current shard is unreadable from here on; go on with the next."""
-        self._bad_shard(self._current_url, exc)
-        return True
-
-    def _bad_shard(self, url: str, problem: object) -> None:
-        if url not in self.bad_shards:
-            self.bad_shards.append(url)
-            self.skipped["bad_shard"] += 1
-        log.warning("shard %s: %s; skipping the rest of it", url, problem)
+    def _skip(self, url: str, key: str, reason: str) -> None:
+        kind = reason.split(":", 1)[0]
+        self.skipped[kind] += 1
+        if key in (SHARD_KEY, TAIL_KEY) or kind == TRUNCATED:
+            if url not in self.bad_shards:
+                self.bad_shards.append(url)
+            log.warning("shard %s: %s; the rest of it is lost", url, reason)
+        else:
+            log.warning("skipping caption sample %s: %s", key, reason)
 
 
 def iter_caption_samples(urls: str | list[str], *, rank: int = 0, world_size: int = 1, image_size: int | None = None,
@@ -164,39 +136,12 @@ def iter_caption_samples(urls: str | list[str], *, rank: int = 0, world_size: in
     """Caption samples for one rank: `{"key": str, "image": float CHW in [0, 1], "caption": str}`.
 
     Rank r reads shards r, r + world_size, ...; with fewer shards than ranks every rank
-    reads all shards and keeps samples r, r + world_size, ... instead. `image_size` resizes
-    so the longer side has that many pixels. `shuffle` > 0 shuffles the shard order and
+    reads all shards and keeps samples r, r + world_size, ... instead. `image_size` shrinks
+    larger images so the longer side has that many pixels. `shuffle` > 0 shuffles the shard order and
     the samples in a buffer of that size, seeded by `seed`.
     """
     return CaptionSamples(expand_urls(urls), rank=rank, world_size=world_size, image_size=image_size,
                           shuffle=shuffle, seed=seed)
-
-
-def _open(url: str) -> Any:
-    """Open a shard for streaming: local paths directly, remote URLs through fsspec."""
-    if "://" in url:
-        return fsspec.open(url, "rb").open()
-    return open(url, "rb")
-
-
-def _ends_cleanly(stream: Any) -> bool:
-    """Whether a tar ends with its two zero blocks: Python's tarfile silently stops at a
-    truncated header, so a shard cut short (interrupted copy) would otherwise lose samples unseen."""
-    try:
-        size = stream.seek(0, os.SEEK_END)
-        if size % 512 or size < 1024:
-            return False
-        stream.seek(size - 1024)
-        return stream.read(1024) == bytes(1024)
-    except (OSError, io.UnsupportedOperation):
-        return True  # not seekable: nothing to check with
-
-
-def _resize_longer_side(img: Image.Image, size: int) -> Image.Image:
-    scale = size / max(img.size)
-    if scale == 1:
-        return img
-    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
 
 
 def _shuffled(samples: Iterator[dict[str, Any]], buffer_size: int, rng: random.Random) -> Iterator[dict[str, Any]]:

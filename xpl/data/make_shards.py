@@ -10,10 +10,7 @@ Shards are written to a temporary name and renamed, so an interrupted run leaves
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tarfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
@@ -21,14 +18,9 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xpl.data.tar_writer import AtomicTar
 from xpl.errors import DataError
 from xpl.jsonfile import read_json
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _load_captions(path: Path) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
@@ -46,13 +38,10 @@ def _load_captions(path: Path) -> tuple[list[dict[str, Any]], dict[int, list[str
 
 def _write_shard(out: Path, shard: int, samples: list[dict[str, Any]]) -> None:
     name = f"{shard:05d}"
-    tmp = out / f".{name}.tar.tmp"
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with AtomicTar(out / f"{name}.tar") as tar:
         for s in samples:
-            _add(tar, f"{s['key']}.{s['suffix']}", s["image"])
-            _add(tar, f"{s['key']}.json", json.dumps(s["meta"]).encode())
-            _add(tar, f"{s['key']}.txt", "\n".join(s["meta"]["captions"]).encode())
-    os.replace(tmp, out / f"{name}.tar")
+            tar.write(s["key"], {s["suffix"]: s["image"], "json": json.dumps(s["meta"]).encode(),
+                                 "txt": "\n".join(s["meta"]["captions"]).encode()})
     columns = ("key", "url", "caption", "status", "width", "height")
     pq.write_table(pa.Table.from_pylist([{k: s["meta"][k] for k in columns} for s in samples]), out / f"{name}.parquet")
     stats = {"count": len(samples), "successes": len(samples), "failed_to_download": 0, "failed_to_resize": 0,

@@ -3,6 +3,7 @@ caption samples streamed from shards, both resumable at a step."""
 
 from __future__ import annotations
 
+import random
 from typing import Any, Iterator
 
 import torch
@@ -27,21 +28,30 @@ def rank_batches(n_items: int, batch_size: int, rank: int, world_size: int, star
         step += 1
 
 
+def one_caption(text: str, rng: random.Random) -> str:
+    """One caption of a `.txt` that may hold several, one per line (`xpl make-shards` writes all five of a COCO
+    image's): a different one may be drawn at every step, as each caption describes the whole image."""
+    return rng.choice([line.strip() for line in text.splitlines() if line.strip()])
+
+
 def caption_batches(urls: str | list[str], batch_size: int, *, rank: int, world_size: int, image_size: int,
                     start_step: int, seed: int, shuffle: int = 256) -> Iterator[list[dict[str, Any]]]:
     """Endless batches of caption samples (`{"key", "image", "caption"}`) for one rank, epoch after epoch,
-    shuffled with a seed that depends on the step a run (re)starts at and the epoch.
+    shuffled with a seed that depends on the step a run (re)starts at and the epoch. Each sample's caption is
+    one line of its `.txt`, drawn anew each time the sample comes round (`one_caption`).
 
     Raises DataError when a whole pass over the rank's shards cannot fill one batch.
     """
     epoch = 0
     while True:
+        epoch_seed = seed + 1000 * start_step + epoch
         samples = iter_caption_samples(urls, rank=rank, world_size=world_size, image_size=image_size,
-                                       shuffle=shuffle, seed=seed + 1000 * start_step + epoch)
+                                       shuffle=shuffle, seed=epoch_seed)
+        rng = random.Random(f"captions/{epoch_seed}/{rank}")
         batch: list[dict[str, Any]] = []
         yielded = 0
         for sample in samples:
-            batch.append(sample)
+            batch.append({**sample, "caption": one_caption(sample["caption"], rng)})
             if len(batch) == batch_size:
                 yield batch
                 batch, yielded = [], yielded + 1

@@ -5,7 +5,9 @@
 - `coco/instances_train_base.json` + `coco/train/*.png`: only base objects annotated,
   novel objects are in the pixels without annotations (the open-vocabulary setting);
 - `coco/instances_val.json` + `coco/val/*.png`: every object annotated;
-- `captions/00000.tar, ...`: img2dataset WebDataset shards (`.jpg`, `.txt`, `.json`).
+- `captions/00000.tar, ...`: img2dataset WebDataset shards (`.jpg`, `.txt`, `.json`);
+- `.xpl-shapes-world`: the marker that the folder is the generator's own. It writes only into an
+  empty folder or one with this marker, so it never replaces or deletes anyone else's files.
 
 Shapes are flat colour without anti-aliasing, so every mask pixel has exactly its
 instance's colour, and the background (a muted gradient with noise, every channel in
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from xpl.data import rle
 from xpl.data.shape_captions import SceneObject, write_caption
+from xpl.data.tar_writer import AtomicTar
 from xpl.errors import XPLError
 
 
@@ -63,6 +65,7 @@ RADIUS_RANGE = (0.09, 0.2)  # shape radius as a fraction of the image side
 MIN_VISIBLE_FRACTION = 0.3
 MAX_INSTANCES = 5
 SPLIT_STREAMS = {"train": 0, "val": 1, "captions": 2}  # independent random streams per split
+MARKER = ".xpl-shapes-world"  # written first into every folder the generator owns
 
 # --- geometry: each shape is a list of (polygon in the unit disc, fill) drawn in order ----------
 
@@ -235,16 +238,10 @@ def _write_coco_split(out: Path, split: str, n: int, *, seed: int, size: int, an
     return content, {"images": n, "annotations": len(annotations), "unannotated_instances": unannotated}
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _caption_sample(seed: int, index: int, size: int, **rates: float) -> dict[str, bytes]:
-    """The three members of one img2dataset sample. The .json also carries a private `xpl` field
-    (objects present with box and visible mask, every mention with its truth) so tests and the
-    pseudo-label quality report can check captions and pseudo masks."""
+def _caption_sample(seed: int, index: int, size: int, **rates: float) -> tuple[str, dict[str, bytes]]:
+    """The key and three members (suffix -> bytes) of one img2dataset sample. The .json also carries a
+    private `xpl` field (objects present with box and visible mask, every mention with its truth) so tests
+    and the pseudo-label quality report can check captions and pseudo masks."""
     rng = _scene_rng(seed, "captions", index)
     image, instances = sample_scene(rng, size)
     masks = [rle.encode(i.visible) for i in instances]
@@ -259,11 +256,29 @@ def _caption_sample(seed: int, index: int, size: int, **rates: float) -> dict[st
             "xpl": {"objects": [{"category": o.category, "colour": o.colour, "bbox": list(o.bbox), "segmentation": m}
                                 for o, m in zip(objects, masks)],
                     "mentions": [asdict(m) for m in mentions]}}
-    return {f"{key}.jpg": jpg.getvalue(), f"{key}.json": json.dumps(meta).encode(), f"{key}.txt": caption.encode()}
+    return key, {"jpg": jpg.getvalue(), "json": json.dumps(meta).encode(), "txt": caption.encode()}
+
+
+def owned(folder: Path) -> bool:
+    """Whether the generator may write into `folder`: it does not exist yet, is empty, or holds the marker
+    of an earlier shapes world. It never writes (or deletes) beside other data."""
+    if not folder.exists():
+        return True
+    return folder.is_dir() and ((folder / MARKER).is_file() or not any(folder.iterdir()))
+
+
+def _claim(folder: Path) -> None:
+    """Mark `folder` as a shapes world before anything else is written there; XPLError if it holds other data."""
+    if not owned(folder):
+        raise XPLError(f"{folder}: not empty and not a shapes world (no {MARKER} file): the shapes world is written "
+                       "only into an empty folder or over an earlier shapes world, never beside other data")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("written by the xpl shapes world generator; it may replace or remove its files here\n")
 
 
 def _remove_stale(folder: Path, pattern: str, keep: list[Path]) -> None:
-    """Delete our own files left by an earlier, bigger run (stale shards would be read as part of this world)."""
+    """Delete our own files left by an earlier, bigger run (stale shards would be read as part of this world);
+    only ever called inside a folder `_claim` has checked."""
     for path in set(folder.glob(pattern)) - set(keep):
         path.unlink()
 
@@ -273,13 +288,11 @@ def _write_caption_shards(out: Path, n: int, shard_size: int, *, seed: int, size
     out.mkdir(parents=True, exist_ok=True)
     shards: list[Path] = []
     for shard, start in enumerate(range(0, n, shard_size)):
-        path = out / f"{shard:05d}.tar"
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        with AtomicTar(out / f"{shard:05d}.tar") as tar:
             for index in range(start, min(start + shard_size, n)):
-                for name, data in sorted(_caption_sample(seed, index, size, **rates).items()):
-                    _tar_add(tar, name, data)
+                tar.write(*_caption_sample(seed, index, size, **rates))
                 bar.update()
-        shards.append(path)
+        shards.append(tar.path)
     _remove_stale(out, "[0-9][0-9][0-9][0-9][0-9].tar", shards)
     return shards
 
@@ -299,7 +312,7 @@ def synthesize(out: Path, *, seed: int = 0, train_images: int = 200, caption_ima
         raise XPLError(f"shapes world needs image_size >= 32 and shard_size >= 1 and non-negative counts, "
                        f"got image_size={image_size}, shard_size={shard_size}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out)
     coco = out / "coco"
     _write_json(out / "vocab.json", vocabulary())
     base = {c.name for c in CLASSES if c.split == "base"}

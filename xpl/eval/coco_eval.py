@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
-import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -35,18 +34,29 @@ def predict_masks(model: torch.nn.Module, dataset: CocoInstances, category_ids: 
     return results
 
 
-def mask_ap(gt_json: str, results: list[dict[str, Any]], category_ids: Iterable[int]) -> dict[str, float]:
-    """Mask AP and AP50 (in %) over `category_ids`; 0.0 when there are no detections at all."""
+def _percent(stat: float) -> Optional[float]:
+    """A COCOeval summary value in %; its -1 (nothing to evaluate) is None, never 0."""
+    return None if stat < 0 else float(stat * 100)
+
+
+def mask_ap(gt_json: str, results: list[dict[str, Any]],
+            category_ids: Iterable[int]) -> dict[str, Optional[float] | int]:
+    """Mask AP and AP50 (in %) over `category_ids`, and the number of detections.
+
+    AP is None (missing, not 0.0) when the ground truth has no instance of these categories: COCOeval
+    reports -1 then, as nothing can be measured. With ground truth but no detections it is 0.0.
+    """
     cat_ids = sorted(category_ids)
-    if not results:
-        return {"AP": 0.0, "AP50": 0.0, "detections": 0}
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(gt_json)
+        if not results:
+            value = 0.0 if gt.getAnnIds(catIds=cat_ids, iscrowd=False) else None
+            return {"AP": value, "AP50": value, "detections": 0}
         dt = gt.loadRes([{**r, "segmentation": dict(r["segmentation"])} for r in results])
         evaluator = COCOeval(gt, dt, iouType="segm")
         evaluator.params.catIds = cat_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = np.asarray(evaluator.stats)
-    return {"AP": float(max(stats[0], 0.0) * 100), "AP50": float(max(stats[1], 0.0) * 100), "detections": len(results)}
+    stats = evaluator.stats
+    return {"AP": _percent(stats[0]), "AP50": _percent(stats[1]), "detections": len(results)}

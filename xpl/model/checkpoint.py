@@ -8,7 +8,7 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -60,7 +60,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 @dataclass
 class LoadReport:
-    """What `load_pretrained_parts` took, and what it left out."""
+    """What `load_pretrained_parts` took, and what it left at its initial values (allowed parts only)."""
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -68,14 +68,26 @@ class LoadReport:
     shape_mismatch: list[str] = field(default_factory=list)
 
 
-def load_pretrained_parts(
-    model: OpenVocabMaskRCNN, source: str | os.PathLike | Mapping[str, torch.Tensor]
-) -> LoadReport:
-    """Copy every weight whose name and shape match from an export (path) or a state dict.
+def _some(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
-    Used to start the teacher from caption pretraining (backbone, box head,
-    V2L) and the student from the teacher. Mismatches are reported, not fatal.
+
+def load_pretrained_parts(
+    model: OpenVocabMaskRCNN,
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    *,
+    allow_missing: Sequence[str] = (),
+) -> LoadReport:
+    """Copy the weights of an export (path) or a state dict into `model`: all of them, or none.
+
+    Every tensor of `source` must exist in `model` with the same shape, and every tensor of `model`
+    must come from `source` unless its name starts with one of `allow_missing`: the parts the caller
+    trains from scratch (the teacher's RPN, box regression and mask head after caption pretraining;
+    a student's new noise head after the teacher). Otherwise nothing is loaded and XPLError names
+    the keys: an incompatible file must never leave a model quietly at its random initial weights.
     """
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
     state = _read(source, "cpu")["state_dict"] if isinstance(source, (str, os.PathLike)) else source
     own = model.state_dict()
     report = LoadReport()
@@ -84,14 +96,19 @@ def load_pretrained_parts(
         if name not in own:
             report.unexpected.append(name)
         elif own[name].shape != tensor.shape:
-            report.shape_mismatch.append(name)
+            report.shape_mismatch.append(f"{name} {list(tensor.shape)} vs {list(own[name].shape)}")
         else:
             usable[name] = tensor
-    model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
-    report.missing = sorted(set(own) - set(usable) - set(report.shape_mismatch))
-    log.info(
-        "loaded %d tensors; %d missing, %d unexpected, %d shape mismatches",
-        len(report.loaded), len(report.missing), len(report.unexpected), len(report.shape_mismatch),
-    )
+    report.missing = sorted(set(own) - set(state))
+    required = [name for name in report.missing if not name.startswith(tuple(allow_missing))]
+    problems = [f"{what}: {_some(names)}" for what, names in (
+        ("shapes differ (file vs model)", report.shape_mismatch), ("missing from the file", required),
+        ("not in the model", report.unexpected)) if names]
+    if problems:
+        raise XPLError(f"{where}: weights do not fit this model ({'; '.join(problems)}); check that the file comes "
+                       "from the same model settings (backbone, representation_size, text encoder)")
+    model.load_state_dict(usable, strict=False)
+    log.info("%s: loaded %d tensors; %d left at their initial values (%s)", where, len(report.loaded),
+             len(report.missing), ", ".join(allow_missing) or "none allowed")
     return report

@@ -61,7 +61,9 @@ class OpenVocabMaskRCNN(MaskRCNN):
 
     All arguments are plain keywords; `self.kwargs` records the ones that
     rebuild this architecture (see `xpl.model.checkpoint`). Images are resized
-    to `image_size` (min_size = max_size). Box regression and masks are
+    so the shorter side is `min_size` unless the longer side would exceed
+    `max_size` (torchvision's rule; both default to `image_size`, which makes
+    the longer side `image_size`; detection on COCO uses 800 / 1333). Box regression and masks are
     class-agnostic; the background class weighs `bg_weight` in the
     classification cross-entropy. `pretrained_backbone` is a local ImageNet
     ResNet-50 file (r50_fpn only), read once at construction.
@@ -86,6 +88,8 @@ class OpenVocabMaskRCNN(MaskRCNN):
         logit_scale: float = 1.0,
         pretrained_backbone: Optional[str] = None,
         backbone_norm: Optional[str] = None,
+        min_size: Optional[int] = None,
+        max_size: Optional[int] = None,
     ) -> None:
         norm = resolve_norm(backbone, pretrained_backbone, backbone_norm)
         body, anchors, box_pool = build_backbone(backbone, pretrained_path=pretrained_backbone, norm=norm)
@@ -101,8 +105,8 @@ class OpenVocabMaskRCNN(MaskRCNN):
         super().__init__(
             body,
             num_classes=None,
-            min_size=image_size,
-            max_size=image_size,
+            min_size=min_size or image_size,
+            max_size=max_size or image_size,
             rpn_anchor_generator=anchors,
             rpn_head=Fp32RPNHead(channels, anchors.num_anchors_per_location()[0]),
             rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
@@ -152,6 +156,8 @@ class OpenVocabMaskRCNN(MaskRCNN):
             logit_scale=logit_scale,
             pretrained_backbone=None,
             backbone_norm=norm,
+            min_size=min_size,
+            max_size=max_size,
         )
 
     @property

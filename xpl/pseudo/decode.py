@@ -1,33 +1,24 @@
 """Validate and decode one caption sample for the teacher; bad input becomes a reason, never an error.
 
-Checks, in order (the first failure is the sample's reason): an image member exists, a `.txt`
-caption exists, is UTF-8 and not blank, the image header is readable and its pixel count is
-within `max_pixels` (read from the header before any decoding, so a decompression bomb is never
-decoded), the image decodes completely (a truncated JPEG fails here). Then the caption is matched
-to the vocabulary; no match makes the sample `no_match`. The image is resized so its longer side is
-`image_size` (JPEGs are decoded at reduced scale when that is enough, via PIL's draft mode).
+The checks are the shared ones of `xpl.data.caption_sample` (the first failure is the sample's
+reason). Then the caption is matched to the vocabulary; no match makes the sample `no_match`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
 
+from xpl.data.caption_sample import check_sample
 from xpl.pseudo.rows import NO_MATCH, PENDING, REJECTED, SAMPLE, SAMPLE_SCHEMA, table
 from xpl.vocab import Category, Vocabulary
 
 NO_VOCAB_WORDS = "no_vocab_words"
-# As `xpl.data.captions.IMAGE_SUFFIXES`; not imported from there, which would load torch into
-# every read and decode worker.
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 _VOCABS: dict[str, Vocabulary] = {}
 
 
@@ -60,67 +51,12 @@ class Decoded:
         return out
 
 
-def image_member(members: dict[str, bytes]) -> Optional[str]:
-    """The suffix of the sample's image member, if any."""
-    return next((s for s in IMAGE_SUFFIXES if s in members), None)
-
-
-def read_caption(members: dict[str, bytes]) -> tuple[Optional[str], Optional[str]]:
-    """(caption, None) or (None, reason)."""
-    if "txt" not in members:
-        return None, "missing_caption"
-    try:
-        caption = members["txt"].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"caption_not_utf8: {exc.reason} at byte {exc.start}"
-    caption = caption.strip()
-    if not caption:
-        return None, "empty_caption"
-    return caption, None
-
-
-def _target_size(width: int, height: int, image_size: int) -> tuple[int, int]:
-    if image_size <= 0:
-        return width, height
-    scale = image_size / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def decode_image(data: bytes, *, max_pixels: int,
-                 image_size: int) -> tuple[Optional[np.ndarray], int, int, Optional[str]]:
-    """(pixels resized for the teacher, original width, height, None) or (None, w, h, reason)."""
-    width = height = 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                return None, width, height, f"too_many_pixels: {width}x{height} > max_pixels {max_pixels}"
-            target = _target_size(width, height, image_size)
-            if img.format == "JPEG" and target != (width, height):
-                img.draft("RGB", target)
-            img = img.convert("RGB")
-    except Image.DecompressionBombError as exc:
-        return None, width, height, f"too_many_pixels: {exc}"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        return None, width, height, f"corrupt_image: {type(exc).__name__}: {exc}"
-    if img.size != target:
-        img = img.resize(target, Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8), width, height, None
-
-
 def decode_sample(members: dict[str, bytes], *, vocab: Vocabulary, max_pixels: int, image_size: int) -> Decoded:
     """Validate the members of one sample, match its caption and decode its image."""
-    suffix = image_member(members)
-    if suffix is None:
-        return Decoded(REJECTED, "missing_image")
-    caption, problem = read_caption(members)
-    if problem is not None:
-        return Decoded(REJECTED, problem)
-    pixels, width, height, problem = decode_image(members[suffix], max_pixels=max_pixels, image_size=image_size)
-    if problem is not None:
-        return Decoded(REJECTED, problem, caption=caption, width=width or None, height=height or None)
+    checked = check_sample(members, image_size=image_size, max_pixels=max_pixels)
+    caption, width, height, pixels = checked.caption, checked.width, checked.height, checked.pixels
+    if checked.reason is not None:
+        return Decoded(REJECTED, checked.reason, caption=caption, width=width, height=height)
     mentions = vocab.match(caption)
     if not mentions:
         return Decoded(NO_MATCH, NO_VOCAB_WORDS, caption=caption, width=width, height=height, words=[])

@@ -94,6 +94,7 @@ SHARD_SCHEMA = pa.schema(
         ("timings", pa.string()),  # json {stage: seconds summed over the shard's rows}
         ("teacher_begin", pa.float64()),  # earliest teacher batch start of the shard's rows (epoch s)
         ("teacher_end", pa.float64()),  # latest teacher batch end
+        ("failure", pa.string()),  # set when the shard's reader failed: dropped, retried by the next run
     ]
 )
 

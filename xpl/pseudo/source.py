@@ -1,12 +1,14 @@
 """A Ray Data datasource of caption shards: one read task per shard, raw members, nothing decoded.
 
 It replaces `ray.data.read_webdataset`, whose read task raises on a truncated tar and so fails the
-whole dataset (Ray 2.60). Each read task streams one shard through `xpl.pseudo.tario` and yields
-blocks of at most `block_rows` sample rows (raw bytes only; decoding is the next, separate CPU
-stage), then one "end" row that carries the number of sample rows the shard gave. Problems that
-belong to no sample key (`__shard__`: cannot open or not a tar; `__tail__`: damage after the last
-readable sample) are keyed `<shard name>/__shard__` and `<shard name>/__tail__`. Shards are opened
-with fsspec, so local paths and any fsspec URL (file://, s3://, gs://, ...) work.
+whole dataset (Ray 2.60; pinned by a test). Each read task streams one shard through the shared
+reader `xpl.data.tar_records` and yields blocks of at most `block_rows` sample rows (raw bytes only;
+decoding is the next, separate CPU stage), then one "end" row that carries the number of sample
+rows the shard gave. Problems that belong to no sample key (`__shard__`: not a tar; `__tail__`:
+damage after the last readable sample) are keyed `<shard name>/__shard__` and `<shard name>/__tail__`.
+An I/O error (cannot open, or a failure while streaming: maybe transient) is no verdict on the data:
+the end row carries it as `reason` and the writer drops the shard without a manifest, so the next
+run retries it. Shards are opened with fsspec, so local paths and any fsspec URL work.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
-import fsspec
 import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from xpl.pseudo.decode import image_member
+from xpl.data.caption_sample import image_member
+from xpl.data.tar_records import READ_ERROR, SHARD_KEY, TAIL_KEY, iter_tar_records, open_shard
 from xpl.pseudo.rows import END, PENDING, REJECTED, SAMPLE, SAMPLE_SCHEMA, table
-from xpl.pseudo.tario import SHARD_KEY, TAIL_KEY, UNREADABLE, iter_tar_records
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ def read_shard(task: ShardTask, block_rows: int = 32) -> Iterator[pa.Table]:
             "txt": members.get("txt"), "meta": members.get("json"),
         }
 
+    failure = None
     try:
-        with fsspec.open(task.url, "rb") as handle:
+        with open_shard(task.url) as handle:
             for record in iter_tar_records(handle):
                 key = f"{task.name}/{record.key}" if record.key in (SHARD_KEY, TAIL_KEY) else record.key
                 rows.append(sample_row(key, record.members, record.error))
@@ -57,10 +59,9 @@ def read_shard(task: ShardTask, block_rows: int = 32) -> Iterator[pa.Table]:
                 if len(rows) >= block_rows:
                     yield _block(rows, start)
                     rows, start = [], time.perf_counter()
-    except OSError as exc:  # cannot open (missing, permissions, network): the shard is retried on resume
-        rows.append(sample_row(f"{task.name}/{SHARD_KEY}", {}, f"{UNREADABLE}: {type(exc).__name__}: {exc}"))
-        count += 1
-    rows.append({"key": None, "url": task.url, "shard": task.name, "kind": END, "count": count})
+    except OSError as exc:  # missing, permissions, network: the shard fails and is retried by the next run
+        failure = f"{READ_ERROR}: {type(exc).__name__}: {exc} (after {count} records)"
+    rows.append({"key": None, "url": task.url, "shard": task.name, "kind": END, "count": count, "reason": failure})
     yield _block(rows, start)
 
 

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from xpl.data import rle
-from xpl.pseudo.decode import image_member
-from xpl.pseudo.tario import iter_tar_records
+from xpl.data.caption_sample import image_member
+from xpl.data.tar_records import iter_tar_records
 
 COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]

@@ -3,16 +3,15 @@
 Rows of a shard arrive in any order, mixed with other shards. Labeled samples are appended to
 `<output>/tmp/<name>.tar` as they come; every row adds its manifest record. When the shard's "end"
 row has arrived and as many sample rows as it announced, the tar is moved into `shards/` and then
-the manifest is written (atomically, last): from then on the shard counts as done. A kill at any
-point leaves either a finished shard or no manifest, and the next run redoes the latter whole.
+the manifest is written (atomically, last): from then on the shard counts as done. An end row with a
+`reason` (the reader hit an I/O error) drops the shard instead: no tar, no manifest, and the
+returned row's `failure` says why, so the next run redoes it. A kill at any point leaves either a
+finished shard or no manifest, and the next run redoes the latter whole.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,34 +19,28 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
+from xpl.data.tar_writer import AtomicTar
 from xpl.pseudo.manifest import manifest_record, shard_path, tmp_dir, write_manifest
 from xpl.pseudo.rows import END, LABELED, SHARD_SCHEMA, STATUSES, TEACHER_CPU, TIMINGS, table
 
 
-def sample_members(row: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """The tar members of one labeled sample, in WebDataset order (same key, sorted suffixes)."""
-    key = row["key"]
-    members = [(f"{key}.{row['image_name']}", row["image"]), (f"{key}.pseudo.json", row["pseudo"].encode())]
+def sample_members(row: dict[str, Any]) -> dict[str, bytes]:
+    """The tar members (suffix -> bytes) of one labeled sample: original image, caption and record, pseudo.json."""
+    members = {row["image_name"]: row["image"], "pseudo.json": row["pseudo"].encode()}
     if row["txt"] is not None:
-        members.append((f"{key}.txt", row["txt"]))
+        members["txt"] = row["txt"]
     if row["meta"] is not None:
-        members.append((f"{key}.json", row["meta"]))
-    return sorted(members)
-
-
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
+        members["json"] = row["meta"]
+    return members
 
 
 @dataclass
 class _OpenShard:
     name: str
     url: str
-    tmp: Path
-    tar: tarfile.TarFile
+    tar: AtomicTar
     expected: Optional[int] = None
+    failure: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU), 0.0))
     teacher_begin: Optional[float] = None
@@ -68,17 +61,15 @@ class ShardWriter:
     def _shard(self, row: dict[str, Any]) -> _OpenShard:
         shard = self.open.get(row["shard"])
         if shard is None:
-            tmp = tmp_dir(self.output) / f"{row['shard']}.tar"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in _finish)
-            shard = self.open[row["shard"]] = _OpenShard(row["shard"], row["url"], tmp, tar)
+            name = row["shard"]
+            tar = AtomicTar(shard_path(self.output, name), tmp=tmp_dir(self.output) / f"{name}.tar")
+            shard = self.open[name] = _OpenShard(name, row["url"], tar)
         return shard
 
     def _add(self, shard: _OpenShard, row: dict[str, Any]) -> None:
         start = time.perf_counter()
         if row["status"] == LABELED:
-            for name, data in sample_members(row):
-                add_member(shard.tar, name, data)
+            shard.tar.write(row["key"], sample_members(row))
         shard.records.append(manifest_record(row))
         row["t_write"] = time.perf_counter() - start
         for stage in shard.timings:
@@ -88,13 +79,15 @@ class ShardWriter:
             shard.teacher_end = max(shard.teacher_end or row["teacher_end"], row["teacher_end"])
 
     def _finish(self, shard: _OpenShard) -> dict[str, Any]:
+        """Commit the shard and write its manifest; or, when its reader failed, drop both (retried next run)."""
         start = time.perf_counter()
-        shard.tar.close()
-        final = shard_path(self.output, shard.name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(shard.tmp, final)
-        write_manifest(self.output, shard.name, shard.records)
         del self.open[shard.name]
+        if shard.failure is not None:
+            shard.tar.abort()
+            return {"shard": shard.name, "url": shard.url, "samples": len(shard.records), "failure": shard.failure,
+                    "timings": json.dumps(shard.timings)}
+        shard.tar.commit()
+        write_manifest(self.output, shard.name, shard.records)
         shard.timings["t_write"] += time.perf_counter() - start
         counts = {s: sum(1 for r in shard.records if r["status"] == s) for s in STATUSES}
         return {"shard": shard.name, "url": shard.url, "samples": len(shard.records), **counts,
@@ -107,7 +100,7 @@ class ShardWriter:
         for row in batch.to_pylist():
             shard = self._shard(row)
             if row["kind"] == END:
-                shard.expected = row["count"]
+                shard.expected, shard.failure = row["count"], row["reason"]
             else:
                 self._add(shard, row)
             if shard.complete:

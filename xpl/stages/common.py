@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from xpl.config import from_dict, to_yaml
+from xpl.config import from_dict, to_dict, to_yaml
 from xpl.model.detector import OpenVocabMaskRCNN
-from xpl.tracking import config_digest, resolve_tracking_uri, stage_run
+from xpl.tracking import log_config, resolve_tracking_uri, stage_run
 from xpl.train.engine import TrainSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,19 @@ class ConfigTask:
 def build_detector(model_cfg: Mapping[str, Any], embed_dim: int) -> OpenVocabMaskRCNN:
     """The open-vocabulary Mask R-CNN from the `model` config section (detectron2's `from_config`)."""
     return OpenVocabMaskRCNN(embed_dim=embed_dim, **dict(model_cfg))
+
+
+def warn_untrained_backbone(cfg: DictConfig) -> Optional[str]:
+    """Say loudly in the log when a real-data run's ResNet-50 starts from random weights (the paper's starts
+    from ImageNet, and its numbers assume it); return the warning, or None when there is nothing to say."""
+    model = cfg.model
+    if model.backbone != "r50_fpn" or model.pretrained_backbone or cfg.data.synthesize:
+        return None
+    message = ("model.backbone=r50_fpn starts from RANDOM weights (model.pretrained_backbone is not set): expect "
+               "results far below the paper's, which start from ImageNet; set model.pretrained_backbone to a local "
+               "torchvision ResNet-50 state_dict file")
+    log.warning("WARNING: %s", message)
+    return message
 
 
 def train_settings(cfg: DictConfig, stage_section: str) -> TrainSettings:
@@ -58,19 +74,21 @@ def evaluate_grounding(cfg: DictConfig, model_path: Path, *, last_map: bool) -> 
                              last_map=last_map)
 
 
-def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any], metrics: Mapping[str, float],
-                      artifacts: list[Path]) -> str:
-    """Log the resolved config, params, final metrics and files to the stage's run; return its run id."""
+def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any],
+                      metrics: Mapping[str, Optional[float]], artifacts: list[Path]) -> str:
+    """Log the resolved config (see `log_config`), params, final metrics and files to the stage's run; return
+    its run id. A metric that is None was not measurable (e.g. AP without ground truth) and is not logged."""
     import mlflow
 
     from xpl.tracking import log_params_once
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     with stage_run(uri, cfg.tracking.experiment, cfg.run_name, stage) as run:
-        log_params_once({**params, "config_digest": config_digest(OmegaConf.to_container(cfg, resolve=True))})
-        if metrics:
-            mlflow.log_metrics(dict(metrics))
-        mlflow.log_text(to_yaml(cfg), f"{stage}/config.yaml")
+        log_params_once(params)
+        log_config(to_dict(cfg), to_yaml(cfg), stage)
+        measured = {k: v for k, v in metrics.items() if v is not None}
+        if measured:
+            mlflow.log_metrics(measured)
         curves = _loss_curves(uri, run.info.run_id, stage_dir(cfg, stage) / "loss_curves.png", stage)
         for path in [*artifacts, *curves]:
             mlflow.log_artifact(str(path), artifact_path=stage)

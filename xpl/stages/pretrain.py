@@ -15,7 +15,7 @@ from xpl.model.checkpoint import export_model
 from xpl.model.grounding import grounding_loss
 from xpl.model.objectives import GridGrounding
 from xpl.stages.common import (ConfigTask, build_detector, evaluate_grounding, log_stage_summary, stage_dir,
-                               train_settings)
+                               train_settings, warn_untrained_backbone)
 from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
 
@@ -60,6 +60,7 @@ class PretrainTask(ConfigTask):
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Train on the running Ray cluster; write `<output_dir>/pretrain/model.pt`; evaluate; log to MLflow."""
+    warn_untrained_backbone(cfg)
     settings = train_settings(cfg, STAGE)
     result = fit(PretrainTask(to_dict(cfg)), settings, stage_dir(cfg, STAGE))
     metrics = evaluate_grounding(cfg, result.model_path, last_map=True)

@@ -14,11 +14,15 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import DictConfig
 
 from xpl.errors import XPLError
+
+if TYPE_CHECKING:
+    from xpl.pseudo.source import ShardTask
+    from xpl.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +88,13 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
 
     The totals cover every input shard (including those finished by earlier runs); `run` holds
     this run's share: shards and samples processed, seconds, images/s and ms per image per stage.
+    The output folder is locked for the run (`xpl.folder_lock`): a second run on it is refused.
+    A shard whose reader failed (an I/O error) is left without a manifest and named in the error
+    raised at the end, after the other shards are done; the next run retries it.
     """
-    import mlflow
-
     from xpl.data.captions import expand_urls
+    from xpl.folder_lock import folder_lock
     from xpl.pseudo import manifest
-    from xpl.cluster import connect
-    from xpl.config import to_dict, to_yaml
-    from xpl.eval.pseudo_quality import format_report, quality_report
-    from xpl.pseudo.pipeline import Settings, run_shards
-    from xpl.tracking import config_digest, log_params_once, resolve_tracking_uri, stage_run
     from xpl.vocab import Vocabulary
 
     pl = cfg.pseudolabel
@@ -105,13 +106,39 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
     if todo and not Path(pl.teacher).is_file():
         raise XPLError(f"pseudolabel.teacher={pl.teacher}: teacher model not found (run the teacher stage first)")
     vocab = Vocabulary.load(cfg.data.vocab)
-    manifest.prepare_output(output)
-    log.info("%d input shards, %d already done, %d to do", len(shards), len(shards) - len(todo), len(todo))
+    with folder_lock(output):
+        manifest.prepare_output(output)
+        log.info("%d input shards, %d already done, %d to do", len(shards), len(shards) - len(todo), len(todo))
+        totals, failures = _run_and_account(cfg, shards, todo, vocab)
+    if totals["unfinished_shards"]:
+        unfinished = [f"{name} ({failures[name]})" if name in failures else name for name in totals["unfinished"]]
+        raise XPLError(f"{len(unfinished)} of {len(shards)} shards are unfinished: {'; '.join(unfinished[:5])}; "
+                       "run again with the same output to finish them")
+    return totals
 
+
+def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardTask],
+                     vocab: Vocabulary) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run the pipeline over `todo` inside the stage's MLflow run, then account for every shard's manifest.
+
+    Returns the totals and the failure of each shard whose reader failed in this run.
+    """
+    import mlflow
+
+    from xpl.cluster import connect
+    from xpl.config import to_dict, to_yaml
+    from xpl.eval.pseudo_quality import format_report, quality_report
+    from xpl.pseudo import manifest
+    from xpl.pseudo.pipeline import Settings, run_shards
+    from xpl.tracking import log_config, log_params_once, resolve_tracking_uri, stage_run
+
+    pl = cfg.pseudolabel
+    output = Path(pl.output)
+    failures: dict[str, str] = {}
     uri = resolve_tracking_uri(cfg.tracking.uri)
     with stage_run(uri, cfg.tracking.experiment, cfg.run_name, STAGE):
-        log_params_once({**_params(cfg, len(shards), len(vocab)), "config_digest": config_digest(to_dict(cfg))})
-        mlflow.log_text(to_yaml(cfg), f"{STAGE}/config.yaml")
+        log_params_once(_params(cfg, len(shards), len(vocab)))
+        log_config(to_dict(cfg), to_yaml(cfg), STAGE)
         run = {"shards": len(todo), "samples": 0, "seconds": 0.0, "images_per_s": 0.0, "ms_per_image": {}}
         if todo:
             from xpl.text import TextEncoder
@@ -120,15 +147,20 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
             connect()
             start = time.perf_counter()
             timings: dict[str, float] = defaultdict(float)
-            done_before = len(shards) - len(todo)
-            for i, row in enumerate(run_shards(todo, output=str(output), teacher=str(pl.teacher), vocab=vocab,
-                                               class_embeddings=embeddings, settings=Settings.from_config(pl))):
+            done = len(shards) - len(todo)
+            for row in run_shards(todo, output=str(output), teacher=str(pl.teacher), vocab=vocab,
+                                  class_embeddings=embeddings, settings=Settings.from_config(pl)):
+                if row["failure"] is not None:
+                    failures[row["shard"]] = row["failure"]
+                    log.warning("shard %s failed, left for the next run: %s", row["shard"], row["failure"])
+                    continue
                 run["samples"] += row["samples"]
                 for stage, seconds in row["timings"].items():
                     timings[stage] += seconds
                 log.info("shard %s: %d samples, %d labeled, %d no_match, %d rejected", row["shard"],
                          row["samples"], row["labeled"], row["no_match"], row["rejected"])
-                mlflow.log_metric("shards_done", done_before + i + 1)
+                done += 1
+                mlflow.log_metric("shards_done", done)
             run["seconds"] = time.perf_counter() - start
             run["images_per_s"] = run["samples"] / run["seconds"] if run["seconds"] > 0 else 0.0
             run["ms_per_image"] = {k.removeprefix("t_"): 1000 * v / max(1, run["samples"]) for k, v in timings.items()}
@@ -137,12 +169,13 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
         missing = [n for n, r in records_by_shard.items() if r is None]
         records = [r for rs in records_by_shard.values() if rs for r in rs]
         totals = manifest.totals(records)
-        totals.update(shards=len(shards), unfinished_shards=len(missing), run=run, output=str(output))
+        totals.update(shards=len(shards), unfinished_shards=len(missing), unfinished=missing, run=run,
+                      output=str(output))
         quality = quality_report(records, {c.id: c.name for c in vocab.categories},
                                  {c.id: c.split for c in vocab.categories})
         if quality is not None:
             totals["quality"] = {k: v for k, v in quality.items() if k != "curve"}
-        summary = {**totals, "shard_urls": {s.name: s.url for s in shards}}
+        summary = {**totals, "failures": failures, "shard_urls": {s.name: s.url for s in shards}}
         (output / "summary.json").write_text(json.dumps(summary, indent=1))
 
         step = len(shards) - len(missing)
@@ -163,7 +196,4 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
         report = _report(output, [s.name for s in shards], records, int(pl.visualize), quality)
         mlflow.log_artifacts(str(report), STAGE)
         mlflow.log_artifact(str(output / "summary.json"), STAGE)
-    if missing:
-        raise XPLError(f"{len(missing)} of {len(shards)} shards are unfinished ({', '.join(missing[:5])}); "
-                       "run again with the same output to finish them")
-    return totals
+    return totals, failures

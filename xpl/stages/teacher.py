@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -23,12 +23,14 @@ from xpl.eval.coco_eval import mask_ap, predict_masks
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
 from xpl.model.objectives import DetectionWithCaptions
 from xpl.stages.common import (ConfigTask, build_detector, evaluate_grounding, log_stage_summary, stage_dir,
-                               train_settings)
+                               train_settings, warn_untrained_backbone)
 from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
 
 STAGE = "teacher"
+# What caption pretraining does not train, so the teacher may start it fresh: RPN, box regression, mask head.
+FRESH_PARTS = ("rpn.", "roi_heads.box_predictor.bbox_pred.", "roi_heads.mask_head.", "roi_heads.mask_predictor.")
 
 
 def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
@@ -70,7 +72,7 @@ class TeacherTask(ConfigTask):
         cfg = self.cfg
         model = build_detector(cfg.model, self.encoder().dim)
         if cfg.teacher.init:
-            load_pretrained_parts(model, cfg.teacher.init)
+            load_pretrained_parts(model, cfg.teacher.init, allow_missing=FRESH_PARTS)
         model.set_class_embeddings(self.encoder().embed(base_categories(cfg)[1]))
         if cfg.teacher.freeze_v2l:
             model.freeze_v2l()
@@ -113,7 +115,7 @@ class TeacherTask(ConfigTask):
         export_model(model.detector, path)
 
 
-def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, float]:
+def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float]]:
     """Constrained base-class mask AP of an exported teacher on the val split."""
     base, names = base_categories(cfg)
     model = load_model(model_path)
@@ -123,14 +125,23 @@ def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, float]:
     return {f"val_base_mask_{k}": v for k, v in scores.items()}
 
 
+def _shown(value: Optional[float]) -> str:
+    return "n/a (no base-class instances in val)" if value is None else f"{value:.1f}"
+
+
 def run_teacher(cfg: DictConfig) -> dict[str, Any]:
     """Train on the running Ray cluster; write `<output_dir>/teacher/model.pt`; evaluate; log to MLflow."""
     if cfg.teacher.init and not Path(cfg.teacher.init).is_file():
         raise XPLError(f"teacher.init={cfg.teacher.init}: file not found (run pretraining, or set teacher.init='')")
-    result = fit(TeacherTask(to_dict(cfg)), train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
+    if not cfg.teacher.init:
+        warn_untrained_backbone(cfg)
+    task = TeacherTask(to_dict(cfg))
+    task.build_model()  # here first: an incompatible teacher.init stops the stage before any worker starts
+    result = fit(task, train_settings(cfg, STAGE), stage_dir(cfg, STAGE))
     metrics = evaluate_base(cfg, result.model_path) | evaluate_grounding(cfg, result.model_path, last_map=False)
     run_id = log_stage_summary(cfg, STAGE, {"train_json": cfg.data.train_json, "init": cfg.teacher.init}, metrics, [])
-    print(f"[{STAGE}] base mask AP50 on val: {metrics['val_base_mask_AP50']:.1f}  AP: {metrics['val_base_mask_AP']:.1f}\n"
+    ap50, ap = (_shown(metrics[f"val_base_mask_{k}"]) for k in ("AP50", "AP"))
+    print(f"[{STAGE}] base mask AP50 on val: {ap50}  AP: {ap}\n"
           f"[{STAGE}] model: {result.model_path}\n[{STAGE}] checkpoint: {result.checkpoint_path}\n"
           f"[{STAGE}] mlflow run: {run_id}", flush=True)
     return {"model": str(result.model_path), "checkpoint": result.checkpoint_path, "mlflow_run_id": run_id,

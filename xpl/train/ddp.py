@@ -10,6 +10,23 @@ import torch
 DDP_STATE = "ddp_state.pt"
 
 
+def save_state(path: Path, tag: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Model, optimizer and schedule state as plain tensors and containers (loadable with weights_only)."""
+    torch.save({"tag": tag, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, path)
+
+
+def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler) -> str:
+    """Restore what `save_state` wrote; return its tag. Unpickles tensors and containers only (weights_only)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["tag"]
+
+
 class DDPEngine:
     """Ray Train's `prepare_model` (DDP) with an optimizer and schedule; duck-types the DeepSpeed engine calls."""
 
@@ -45,11 +62,7 @@ class DDPEngine:
         """Rank 0 writes model, optimizer and schedule (DDP replicas are identical)."""
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
-        torch.save({"tag": tag, "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict()}, Path(directory) / DDP_STATE)
+        save_state(Path(directory) / DDP_STATE, tag, self.module, self.optimizer, self.scheduler)
 
     def load_checkpoint(self, directory: str, tag: str) -> None:
-        state = torch.load(Path(directory) / DDP_STATE, map_location="cpu", weights_only=False)
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_state(Path(directory) / DDP_STATE, self.module, self.optimizer, self.scheduler)

@@ -4,7 +4,8 @@
 Stages describe *what* to train with a `Task` (model, batches, loss, export); this module owns
 *how*: distributed init, DeepSpeed ZeRO, precision, checkpoint/report every N steps, resume from
 `ray.train.get_checkpoint()` (which Ray Train restores for a run re-launched with the same name and
-storage path), failure retries and rank-0 MLflow logging.
+storage path), failure retries and rank-0 MLflow logging of window means over all ranks
+(`xpl.train.meter`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Iterator, Protocol
 import torch
 
 from xpl.train.ddp import DDPEngine
+from xpl.train.meter import WindowMeter
 from xpl.train.schedule import warmup_cosine
 
 STATE_FILE = "xpl_state.json"
@@ -42,7 +44,8 @@ class Task(Protocol):
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]: ...
 
     def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
-        """Total loss, its named parts (floats) and the number of images in the batch."""
+        """Total loss, its named parts (floats; the same names at every step and rank) and the number of
+        images in the batch."""
         ...
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
@@ -149,9 +152,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = _RankZeroLogger(settings, task.stage, rank, start_step, precision)
     batches = task.batches(rank, world, start_step)
     engine.train()
-    tic, images = time.perf_counter(), 0
+    meter = WindowMeter()
     last: dict[str, float] = {}
     for step in range(start_step, settings.steps):
+        tic = time.perf_counter()
         batch = next(batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss, parts, n_images = task.loss(engine, batch, device)
@@ -159,14 +163,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             raise FloatingPointError(f"{task.stage}: non-finite loss {loss.item()} at step {step}: {parts}")
         engine.backward(loss)
         engine.step()
-        images += n_images * world
+        meter.add(float(loss.item()), parts, n_images, time.perf_counter() - tic)
         done = step + 1
         if done % settings.log_every == 0 or done == settings.steps:
-            elapsed = time.perf_counter() - tic
-            metrics = {"loss": float(loss.item()), **parts, "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": images / max(elapsed, 1e-9)}
-            logger.log(done, metrics)
-            tic, images, last = time.perf_counter(), 0, metrics
+            last = {**meter.summary(device), "lr": scheduler.get_last_lr()[0]}
+            logger.log(done, last)
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             _checkpoint(engine, task, done, rank, {**last, "step": done})
     logger.close()

@@ -1,39 +1,45 @@
-"""Read a WebDataset tar as a stream of samples without ever raising: damage becomes records.
+"""The one reader of caption shards: a WebDataset tar as a stream of records, a sample or a named problem.
 
-Ray Data's `read_webdataset` raises on a truncated tar (`tarfile.ReadError: unexpected end of
-data`, verified with Ray 2.60), which fails the whole dataset. This reader groups members into
-samples the same way (key = member name up to the first dot of its base name; members of a
-sample are contiguous) and turns every problem into a record with an error:
+Caption pretraining (`xpl.data.captions`) and pseudo-labeling (`xpl.pseudo.source`) both read shards
+through `iter_tar_records`. Members are grouped into samples as WebDataset does (key = member name up
+to the first dot of its base name; members of a sample are contiguous). Damage that is final becomes
+a record with an error, so it is counted, never lost:
 
-- a read error inside the archive rejects the sample being read (its members may be incomplete),
-  or, between samples, yields a `__tail__` record: whatever came after is unreadable;
+- a tar cut short (`tarfile.ReadError`, `EOFError`) rejects the sample being read, or, between
+  samples, yields a `__tail__` record: whatever came after is lost;
 - a tar that ends without its end-of-archive blocks (cut at a member boundary, which Python's
-  tarfile accepts silently) yields a `__tail__` record as well;
+  tarfile accepts silently) yields a `__tail__` record too. The last 1024 bytes are checked while
+  streaming, so a non-seekable remote stream is checked like a local file;
+- a stream that is not a tar at all yields one `__shard__` record;
 - a member larger than `max_member_bytes` is skipped unread and rejects its sample;
 - a key seen again later in the archive gets a `#2`, `#3` ... suffix and is rejected;
 - a member without a suffix is its own rejected record.
+
+Anything else (an I/O error, a bug) is raised: it may be transient, so the caller must not record it
+as a verdict on the data. WebDataset's own `base_plus_ext` is not imported because importing
+webdataset loads torch (4 s and hundreds of MB in every Ray Data read worker); `split_name` is its
+rule, pinned to it by a test.
 """
 
 from __future__ import annotations
 
 import re
 import tarfile
-import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 TAIL_KEY = "__tail__"
 SHARD_KEY = "__shard__"
 END_BLOCKS = bytes(1024)
 MAX_MEMBER_BYTES = 256 * 2**20
 
-# Reasons (prefixes; details follow after ": ").
+# Reasons of damaged shards (prefixes; details follow after ": ").
 TRUNCATED = "truncated_tar"
-NO_END_MARKER = "truncated_tar: no end-of-archive blocks, data after the last member may be missing"
-READ_ERROR = "read_error"  # an I/O failure (maybe transient): the shard is retried on resume
-UNREADABLE = "unreadable_shard"  # cannot open: retried on resume as well
-RETRYABLE = (READ_ERROR, UNREADABLE)
-_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^./][^./]*)[.]([^/]*)$")  # webdataset's base_plus_ext
+NOT_A_TAR = "not_a_tar"
+NO_END_MARKER = f"{TRUNCATED}: no end-of-archive blocks, data after the last member may be missing"
+READ_ERROR = "read_error"  # what callers name an I/O error (OSError) raised while opening or streaming a shard
+TRUNCATION_ERRORS = (tarfile.ReadError, EOFError)
+_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 @dataclass
@@ -49,6 +55,15 @@ def split_name(name: str) -> tuple[Optional[str], str]:
     """WebDataset's key/suffix split: 'dir/000123.pseudo.json' -> ('dir/000123', 'pseudo.json')."""
     match = _KEY_SUFFIX.match(name)
     return (match.group(1), match.group(2)) if match else (None, "")
+
+
+def open_shard(url: str) -> Any:
+    """A binary stream of a shard: local paths directly, URLs (s3://, gs://, memory://, ...) through fsspec."""
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url.removeprefix("file://"), "rb")
 
 
 class _TailProbe:
@@ -69,9 +84,8 @@ class _TailProbe:
             pass
 
 
-def _reason(exc: BaseException, where: str) -> str:
-    kind = READ_ERROR if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) else TRUNCATED
-    return f"{kind}: {type(exc).__name__}: {exc} ({where})"
+def _truncated(exc: BaseException, where: str) -> str:
+    return f"{TRUNCATED}: {type(exc).__name__}: {exc} ({where})"
 
 
 def iter_tar_records(fileobj: BinaryIO, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[TarRecord]:
@@ -91,8 +105,8 @@ def iter_tar_records(fileobj: BinaryIO, max_member_bytes: int = MAX_MEMBER_BYTES
 
     try:
         stream = tarfile.open(fileobj=probe, mode="r|*")  # noqa: SIM115 (closed below)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        yield TarRecord(SHARD_KEY, error=_reason(exc, "opening the archive").replace(TRUNCATED, "not_a_tar", 1))
+    except TRUNCATION_ERRORS as exc:
+        yield TarRecord(SHARD_KEY, error=f"{NOT_A_TAR}: {type(exc).__name__}: {exc}")
         return
     try:
         for info in stream:
@@ -127,11 +141,11 @@ def iter_tar_records(fileobj: BinaryIO, max_member_bytes: int = MAX_MEMBER_BYTES
             probe.drain()
             if probe.tail != END_BLOCKS:
                 yield TarRecord(TAIL_KEY, error=f"{NO_END_MARKER} (after {last_member})")
-    except Exception as exc:  # noqa: BLE001 - any failure inside the archive becomes a record, never a crash
+    except TRUNCATION_ERRORS as exc:
         if current is not None:
-            current.error = _reason(exc, f"reading {last_member}")
+            current.error = _truncated(exc, f"reading {last_member}")
             yield finish(current)
         else:
-            yield TarRecord(TAIL_KEY, error=_reason(exc, f"after {last_member}"))
+            yield TarRecord(TAIL_KEY, error=_truncated(exc, f"after {last_member}"))
     finally:
         stream.close()
