@@ -61,8 +61,9 @@ def test_autoscaler_adds_accelerator_workers_for_the_job_and_removes_them_when_i
     while True:
         now = time.monotonic() - start
         assert now < 480, f"timed out: {events}, workers {workers}"
-        teachers = [a for a in list_actors(address=head.url, raise_on_missing_output=False)
-                    if "accelerator" in (a.required_resources or {})]
+        teachers = [] if "teacher actors done" in events else [
+            a for a in list_actors(address=head.url, detail=True, raise_on_missing_output=False)
+            if "accelerator" in (a.required_resources or {})]
         if teachers:
             events.setdefault("teacher actors requested", now)
             if all(a.state == "DEAD" for a in teachers):
