@@ -23,11 +23,13 @@ from pathlib import Path
 import pytest
 
 from raynodes import alive_nodes, start_head, start_worker, submit_job, wait_for, wait_job
+from xpl.config import load_config
 from xpl.data.shapes import synthesize
+from xpl.pseudo.manifest import totals
+from xpl.pseudo.pipeline import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS, PER_SHARD = 16, 3
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,7 @@ def assert_every_key_once(out: Path) -> dict:
     return summary
 
 
+@pytest.mark.e2e
 def test_teacher_actors_on_both_nodes_and_the_job_survives_losing_one(cluster, inputs, tmp_path):
     head, node2 = cluster
     (node2_id,) = [n.node_id for n in alive_nodes(head.url) if not n.is_head_node]
@@ -123,3 +126,13 @@ def test_teacher_actors_on_both_nodes_and_the_job_survives_losing_one(cluster, i
           f"{SHARDS * PER_SHARD} (labeled {summary['labeled']}, no_match {summary['no_match']}, rejected "
           f"{summary['rejected']}), duplicates {summary['duplicate_keys']}; samples labeled per node: head "
           f"{summary['teacher_nodes'][head_id]}, second node {summary['teacher_nodes'][node2_id]}")
+
+
+def test_actor_resources_reach_the_pipeline_and_totals_count_samples_per_teacher_node():
+    cfg = load_config(None, ["pseudolabel.actor_resources={accelerator: 1}"])
+    assert Settings.from_config(cfg.pseudolabel).actor_resources == {"accelerator": 1.0}
+    assert Settings.from_config(load_config().pseudolabel).actor_resources == {}
+    records = [{"key": "a", "status": "labeled", "reason": None, "teacher_node": "n1", "instances": 1},
+               {"key": "b", "status": "no_match", "reason": "no_region", "teacher_node": "n2"},
+               {"key": "c", "status": "rejected", "reason": "corrupt_image"}]
+    assert totals(records)["teacher_nodes"] == {"n1": 1, "n2": 1}

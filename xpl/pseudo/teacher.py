@@ -4,8 +4,8 @@ Pending rows go through `model.regions(...)` in one call per batch and `select_r
 caption word's best region); the selection travels on to the instance stage, which pastes and
 encodes the masks on CPUs, so the actor's time goes to the model. Rows where no word found a region
 become `no_match` here; every other row passes through. Rows the model ran on carry the actor's
-Ray node id (`teacher_node`), so a run can tell which nodes did the labeling. Columns the actor does not change are
-passed on without copying (image bytes included); the decoded pixels are dropped.
+Ray node id (`teacher_node`), so a run can tell which nodes did the labeling. Columns the actor does
+not change are passed on without copying (image bytes included); the decoded pixels are dropped.
 """
 
 from __future__ import annotations
