@@ -170,11 +170,24 @@ def start_worker(log_path: Path, head: Head, *, num_cpus: float, resources: Mapp
     return start_node(log_path, args, env or ray_env())
 
 
+def state_api(call: Callable[..., Any], *args: Any, attempts: int = 15, **kwargs: Any) -> Any:
+    """A Ray state API call, retried while the dashboard is unavailable: it answers its version before
+    its state API is up, and drops requests now and then on a busy machine."""
+    from ray.util.state.exception import ServerUnavailable
+
+    for _ in range(attempts - 1):
+        try:
+            return call(*args, **kwargs)
+        except ServerUnavailable:
+            time.sleep(2)
+    return call(*args, **kwargs)
+
+
 def alive_nodes(url: str) -> list[Any]:
     """The cluster's alive nodes, from the state API of the head at `url`."""
     from ray.util.state import list_nodes
 
-    return list_nodes(address=url, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    return state_api(list_nodes, address=url, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
 
 
 def submit_job(head: Head, submission_id: str, entrypoint: list[str], working_dir: Path,

@@ -20,7 +20,7 @@ import yaml
 from ray.job_submission import JobSubmissionClient
 from ray.util.state import list_actors
 
-from raynodes import alive_nodes, free_port, ray_env, start_head, submit_job
+from raynodes import alive_nodes, free_port, ray_env, start_head, state_api, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -63,7 +63,7 @@ def test_autoscaler_adds_accelerator_workers_for_the_job_and_removes_them_when_i
         now = time.monotonic() - start
         assert now < 480, f"timed out: {events}, workers {workers}"
         teachers = [] if "teacher actors done" in events else [
-            a for a in list_actors(address=head.url, detail=True, raise_on_missing_output=False)
+            a for a in state_api(list_actors, address=head.url, detail=True, raise_on_missing_output=False)
             if "accelerator" in (a.required_resources or {})]
         if teachers:
             events.setdefault("teacher actors requested", now)
