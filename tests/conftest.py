@@ -1,5 +1,6 @@
 """Shared fixtures: the environment every entrypoint sets, one local Ray per session, a tiny shapes world,
-remote-like shard streams."""
+remote-like shard streams,
+a random-weight teacher."""
 
 from __future__ import annotations
 
@@ -93,3 +94,15 @@ def stream_shard():
 
     yield put
     StreamFS.files.clear()
+
+
+@pytest.fixture(scope="session")
+def random_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly initialised teacher (64 px, MiniLM's 384-d space), exported as the teacher stage would."""
+    import torch
+
+    from xpl.model.checkpoint import export_model
+    from xpl.model.detector import OpenVocabMaskRCNN
+
+    torch.manual_seed(0)
+    return export_model(OpenVocabMaskRCNN(embed_dim=384, image_size=64), tmp_path_factory.mktemp("teacher") / "model.pt")

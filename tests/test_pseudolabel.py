@@ -26,19 +26,6 @@ from xpl.tracking import RUN_KEY_TAG
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def pl_teacher(tmp_path_factory) -> Path:
-    """A freshly initialised teacher (64 px, MiniLM's 384-d space), exported as the teacher stage would."""
-    import torch
-
-    from xpl.model.checkpoint import export_model
-    from xpl.model.detector import OpenVocabMaskRCNN
-
-    torch.manual_seed(0)
-    model = OpenVocabMaskRCNN(embed_dim=384, image_size=64)
-    return export_model(model, tmp_path_factory.mktemp("teacher") / "model.pt")
-
-
 def pl_config(world: Path, out: Path, teacher: Path, *overrides: str):
     return load_config(None, [
         f"data.root={world}", "data.image_size=64", f"output_dir={out}", f"pseudolabel.teacher={teacher}",
@@ -71,9 +58,9 @@ def output_keys(out: Path) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, pl_teacher, tmp_path, monkeypatch):
+def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, random_teacher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
-    cfg = pl_config(shapes_world, tmp_path, pl_teacher)
+    cfg = pl_config(shapes_world, tmp_path, random_teacher)
     totals = run_pseudolabel(cfg)
     out = Path(cfg.pseudolabel.output)
     inputs = input_keys(sorted((shapes_world / "captions").glob("*.tar")))
@@ -136,14 +123,14 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
 
 
 @pytest.mark.e2e
-def test_killed_run_resumes_without_redoing_or_duplicating(ray_session, pl_teacher, tmp_path, monkeypatch):
+def test_killed_run_resumes_without_redoing_or_duplicating(ray_session, random_teacher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
     import ray
 
     world = tmp_path / "world"
     synthesize(world, seed=3, train_images=1, caption_images=36, val_images=1, shard_size=3, image_size=64)
     cfg_args = [f"data.root={world}", "data.image_size=64", f"output_dir={tmp_path}",
-                f"pseudolabel.teacher={pl_teacher}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                f"pseudolabel.teacher={random_teacher}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
                 "pseudolabel.batch_size=2", "pseudolabel.visualize=0"]
     out = tmp_path / "pseudo"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
@@ -163,7 +150,7 @@ def test_killed_run_resumes_without_redoing_or_duplicating(ray_session, pl_teach
     finished = {n: (manifest.shard_path(out, n).stat().st_mtime_ns, manifest.manifest_path(out, n).stat().st_mtime_ns)
                 for n in done_at_kill}
 
-    cfg = pl_config(world, tmp_path, pl_teacher, "pseudolabel.batch_size=2", "pseudolabel.visualize=0")
+    cfg = pl_config(world, tmp_path, random_teacher, "pseudolabel.batch_size=2", "pseudolabel.visualize=0")
     totals = run_pseudolabel(cfg)
     print(f"resumed run took {time.monotonic() - t0:.1f} s")
     assert totals["run"]["shards"] == 12 - len(done_at_kill)  # finished shards were not redone

@@ -139,6 +139,8 @@ class PseudoLabelConfig:
     Read, decode and writer stages each hold `num_cpus_per_task` CPUs (keep the actors' CPUs
     below the cluster's so the readers are never starved). `image_size` caps the longer side of
     the image the decoder hands the teacher (0: as stored); masks are pasted at the original size.
+    `actor_resources` are custom Ray resources each teacher actor asks for (name -> amount),
+    e.g. `{accelerator: 1}` to place actors only on nodes of an autoscaled worker type.
     """
 
     input: str = "${data.captions}"
@@ -149,6 +151,7 @@ class PseudoLabelConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 0.5
     num_cpus_per_task: float = 0.25
+    actor_resources: dict[str, float] = field(default_factory=dict)
     threads_per_actor: int = 0  # torch threads per actor; 0: round(num_cpus_per_actor), at least 1
     image_size: int = "${model.image_size}"  # type: ignore[assignment]
     score_threshold: Optional[float] = None

@@ -3,8 +3,9 @@
     <output>/shards/<name>.tar      labeled samples: <key>.<jpg|png|...> (original bytes), <key>.txt,
                                     <key>.json (the img2dataset record, when present), <key>.pseudo.json
     <output>/manifest/<name>.jsonl  one line per input key: {"key", "status", "reason", "instances",
-                                    "categories", "align_scores", "mask_scores", and "truth" where the
-                                    sample carries truth (`xpl.eval.pseudo_quality.judge_sample`)}
+                                    "categories", "align_scores", "mask_scores", "teacher_node", and
+                                    "truth" where the sample carries truth
+                                    (`xpl.eval.pseudo_quality.judge_sample`)}
     <output>/tmp/                   shards being written (removed at the start of every run)
     <output>/summary.json           totals of the whole output after the last run
 
@@ -78,6 +79,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 def manifest_record(row: dict[str, Any]) -> dict[str, Any]:
     """The manifest line of one result row (see `xpl.pseudo.rows.RESULT_SCHEMA`)."""
     record: dict[str, Any] = {"key": row["key"], "status": row["status"], "reason": row["reason"]}
+    if row.get("teacher_node"):
+        record["teacher_node"] = row["teacher_node"]  # the Ray node whose teacher actor ran this sample
     if row["status"] == LABELED:
         instances = json.loads(row["pseudo"])["instances"]
         record.update(
@@ -118,15 +121,18 @@ def reason_kind(reason: Optional[str]) -> str:
 
 
 def totals(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Counts by status, by status and reason, instances, and key uniqueness."""
+    """Counts by status, by status and reason, instances, samples per teacher node, and key uniqueness."""
     by_status: Counter[str] = Counter()
     by_reason: dict[str, Counter[str]] = {s: Counter() for s in STATUSES}
     keys: Counter[str] = Counter()
+    nodes: Counter[str] = Counter()
     instances = 0
     for record in records:
         by_status[record["status"]] += 1
         keys[record["key"]] += 1
         instances += int(record.get("instances", 0))
+        if record.get("teacher_node"):
+            nodes[record["teacher_node"]] += 1
         if record["status"] != LABELED:
             by_reason[record["status"]][reason_kind(record["reason"])] += 1
     return {
@@ -134,6 +140,7 @@ def totals(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         **{s: by_status[s] for s in STATUSES},
         "instances": instances,
         "reasons": {s: dict(sorted(c.items())) for s, c in by_reason.items() if c},
+        "teacher_nodes": dict(sorted(nodes.items())),
         "duplicate_keys": sum(1 for n in keys.values() if n > 1),
     }
 

@@ -3,7 +3,8 @@
     read_datasource(CaptionShardDatasource)   one read task per shard, raw bytes, nothing decoded
       .map_batches(decode_batch)               CPU tasks: validate, match caption, decode, resize
       .map_batches(Teacher, ActorPoolStrategy) model.regions + top-1 region per word (num_gpus/cpus
-                                               per actor from config): only model work in the actor
+                                               and custom resources per actor from config): only
+                                               model work in the actor; rows record its node id
       .map_batches(instance_batch)             CPU tasks: paste, binarise, RLE, pseudo.json
       .map_batches(ShardWriter, 1 actor)       output shards + manifests; yields one row per shard
 
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import ray
@@ -44,6 +45,7 @@ class Settings:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 0.5
     num_cpus_per_task: float = 0.25
+    actor_resources: Mapping[str, float] = field(default_factory=dict)
     threads_per_actor: int = 0
     image_size: int = 0
     max_pixels: int = 40_000_000
@@ -54,7 +56,9 @@ class Settings:
 
     @classmethod
     def from_config(cls, pl: Any) -> "Settings":
-        return cls(**{name: pl[name] for name in cls.__dataclass_fields__ if name in pl})
+        values = {name: pl[name] for name in cls.__dataclass_fields__ if name in pl}
+        values["actor_resources"] = dict(values.get("actor_resources") or {})
+        return cls(**values)
 
     @property
     def torch_threads(self) -> int:
@@ -88,6 +92,7 @@ def build_dataset(
         Teacher, batch_format="pyarrow", batch_size=settings.batch_size,
         compute=ActorPoolStrategy(size=settings.num_actors),
         num_cpus=settings.num_cpus_per_actor, num_gpus=settings.num_gpus_per_actor,
+        resources=dict(settings.actor_resources) or None,
         fn_constructor_kwargs={
             "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
             "score_threshold": settings.score_threshold, "cosine": settings.cosine,

@@ -78,6 +78,7 @@ RESULT_SCHEMA = pa.schema(
         ("t_encode", pa.float64()),
         ("teacher_begin", pa.float64()),  # wall clock (epoch s) when the row's teacher batch began
         ("teacher_end", pa.float64()),  # ... and when it was done
+        ("teacher_node", pa.string()),  # Ray node id of the actor that ran the row's teacher batch
     ]
 )
 

@@ -3,8 +3,9 @@
 Pending rows go through `model.regions(...)` in one call per batch and `select_regions` (each
 caption word's best region); the selection travels on to the instance stage, which pastes and
 encodes the masks on CPUs, so the actor's time goes to the model. Rows where no word found a region
-become `no_match` here; every other row passes through. Columns the actor does not change are
-passed on without copying (image bytes included); the decoded pixels are dropped.
+become `no_match` here; every other row passes through. Rows the model ran on carry the actor's
+Ray node id (`teacher_node`), so a run can tell which nodes did the labeling. Columns the actor does
+not change are passed on without copying (image bytes included); the decoded pixels are dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import ray
 import torch
 
 from xpl.pseudo.align import Word, select_regions
@@ -49,6 +51,7 @@ class Teacher:
                           for cid, e in zip(class_ids, class_embeddings)}
         self.score_threshold = score_threshold
         self.cosine = cosine
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def _image(self, pixels: bytes, height: int, width: int) -> torch.Tensor:
         array = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
@@ -71,7 +74,8 @@ class Teacher:
         cpu_per_row = (time.thread_time() - cpu) / len(rows)
         out = []
         for sel in selections:
-            values = {"t_teacher": per_row, "t_teacher_cpu": cpu_per_row, "teacher_begin": begin, "teacher_end": end}
+            values = {"t_teacher": per_row, "t_teacher_cpu": cpu_per_row, "teacher_begin": begin, "teacher_end": end,
+                      "teacher_node": self.node_id}
             if sel.words:
                 values.update(status=PENDING, reason=None, selection=sel.to_bytes())
             else:

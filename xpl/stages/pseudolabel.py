@@ -100,7 +100,8 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
     pl = cfg.pseudolabel
     output = Path(pl.output)
     if "://" in str(pl.output):
-        raise XPLError(f"pseudolabel.output={pl.output}: the output must be a local or shared filesystem path")
+        raise XPLError(f"pseudolabel.output={pl.output}: the output must be a filesystem path; on a cluster, a "
+                       "shared filesystem (EFS, Filestore, a ReadWriteMany volume) mounted at the same path on every node")
     shards = manifest.plan_shards(expand_urls(pl.input))
     todo = [s for s in shards if not manifest.is_done(output, s.name)]
     if todo and not Path(pl.teacher).is_file():
@@ -180,6 +181,7 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
 
         step = len(shards) - len(missing)
         metrics = {k: totals[k] for k in ("samples", "labeled", "no_match", "rejected", "instances", "duplicate_keys")}
+        metrics["teacher_nodes"] = len(totals["teacher_nodes"])
         for status, reasons in totals["reasons"].items():
             metrics.update({f"{status}.{reason or 'unknown'}": n for reason, n in reasons.items()})
         scores = sorted(v for r in records for v in r.get("align_scores", []))
