@@ -43,14 +43,17 @@ def test_gt_branch_is_the_detector_over_base_classes_only() -> None:
 
 
 def test_pseudo_branch_trains_positives_only_and_sigma_head_freezes() -> None:
-    student = RobustStudent(_detector(), base_labels=[1, 3], samples=3, sigma_freeze_step=1).train()
+    student = RobustStudent(_detector(), base_labels=[1, 3], samples=3, sigma_freeze_step=1,
+                            names=["a", "b", "c", "d"], track_corruption=True).train()
     image = torch.rand(3, 64, 64)
     target = {**_target([10, 10, 40, 40], 4), "corrupted": torch.tensor([True])}
     losses, stats = student([], [], [image], [target])
     assert set(losses) == {"loss_pseudo_classifier", "loss_pseudo_mask"}  # no RPN, no box, no background loss
     assert all(torch.isfinite(v) for v in losses.values())
-    assert stats["pseudo_positives"] >= 1 and stats["positives_label4"] == 1.0
-    assert stats["sigma_mean"] == pytest.approx(1.0, rel=1e-4) and "sigma_corrupted" in stats
+    n = stats["pseudo_positives"]
+    assert n >= 1 and stats["share.d.sum"] == n and stats["share.a.sum"] == 0 and stats["share.d.count"] == n
+    assert stats["sigma.sum"] / stats["sigma.count"] == pytest.approx(1.0, rel=1e-4)
+    assert stats["sigma_corrupted.count"] == n and stats["sigma_clean.count"] == 0
     sum(losses.values()).backward()
     assert student.sigma_head.conv.weight.grad is not None  # first call: sigma learns
     student.zero_grad()

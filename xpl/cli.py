@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain": ("xpl.stages.pretrain", "run_pretrain", "caption pretraining of backbone + V2L"),
         "train-teacher": ("xpl.stages.teacher", "run_teacher", "train the teacher Mask R-CNN on base classes"),
         "pseudolabel": ("xpl.stages.pseudolabel", "run_pseudolabel", "pseudo-label caption shards with the teacher"),
+        "train-student": ("xpl.stages.student", "run_student", "train the robust student on base and pseudo labels"),
         "demo": ("xpl.stages.pipeline", "run_pipeline", "the whole pipeline on the configured data"),
     }
     for name, (module, function, text) in stages.items():

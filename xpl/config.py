@@ -162,6 +162,39 @@ class PseudoLabelConfig:
 
 
 @dataclass
+class CorruptConfig:
+    """The noise study: corrupt a seeded share of the pseudo masks the student reads (`xpl.data.corrupt`)."""
+
+    share: float = 0.0  # share of pseudo instances corrupted; 0: off
+    kinds: list[str] = field(default_factory=lambda: ["dilate", "erode", "shift", "drop", "swap"])
+    seed: int = 0
+
+
+@dataclass
+class StudentConfig:
+    """The robust student: teacher weights, V2L frozen, the whole vocabulary; each step mixes
+    `train.batch_size` base-annotated images (GT branch) with `pseudo_batch_size` pseudo-labeled caption
+    images (pseudo branch) per worker. `mode` is the pseudo mask loss (`xpl.model.robust`), `samples` its
+    Monte-Carlo samples T, `c` the instance weights' numerator; the sigma head starts near `sigma0` and
+    stops learning after `sigma_freeze_step` steps."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4, lr=2e-3))
+    name: str = "student"  # output folder and MLflow stage name: run a plain and a robust student side by side
+    init: str = "${output_dir}/teacher/model.pt"
+    pseudo: str = "${pseudolabel.output}/shards"
+    pseudo_batch_size: int = 4
+    mode: str = "expected_likelihood"  # expected_likelihood | sampled_bce | plain
+    samples: int = 5
+    c: float = 1.0
+    sigma0: float = 1.0
+    sigma_freeze_step: int = 1_000_000_000
+    max_positives: int = 16  # positive RoIs per pseudo-labeled image
+    pseudo_box_loss: bool = False
+    freeze_v2l: bool = True
+    corrupt: CorruptConfig = field(default_factory=CorruptConfig)
+
+
+@dataclass
 class TrackingConfig:
     """MLflow. `uri` None means a local SQLite store in the working directory."""
 
@@ -182,6 +215,7 @@ class XPLConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -199,6 +233,7 @@ PATH_KEYS = (
     "output_dir", "data.root", "data.vocab", "data.train_json", "data.train_images", "data.val_json",
     "data.val_images", "data.captions", "model.pretrained_backbone", "pretrain.train.storage_path",
     "teacher.train.storage_path", "teacher.init", "pseudolabel.input", "pseudolabel.output", "pseudolabel.teacher",
+    "student.train.storage_path", "student.init", "student.pseudo",
 )
 
 

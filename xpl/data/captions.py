@@ -1,4 +1,5 @@
-"""Image-caption pairs from img2dataset WebDataset shards, for caption pretraining.
+"""Image-caption pairs from img2dataset WebDataset shards, for caption pretraining and the teacher, and
+pseudo-labeled caption samples (with their `pseudo.json` targets) for the student.
 
 Bad samples (undecodable image, missing or empty caption, damaged or unreadable shard) are
 skipped, logged with their key and reason, and counted in `CaptionSamples.skipped`, with the
@@ -20,6 +21,7 @@ import braceexpand
 import torch
 
 from xpl.data.caption_sample import check_sample
+from xpl.data.pseudo_sample import check_pseudo
 from xpl.data.tar_records import (READ_ERROR, SHARD_KEY, TAIL_KEY, TRUNCATED, TarRecord, iter_tar_records,
                                   open_shard)
 from xpl.errors import DataError
@@ -64,15 +66,17 @@ class CaptionSamples:
     during) iteration, `skipped` counts dropped records by reason (a shard cut short counts one
     `truncated_tar`, its remaining samples being lost; a shard that cannot be read counts one
     `read_error`), `bad_shards` lists the shards with such damage and `yielded` counts delivered
-    samples. All restart with each iteration.
+    samples. All restart with each iteration. With `pseudo`, each sample also carries `"pseudo"`
+    (`xpl.data.pseudo_sample.PseudoTargets` at the decoded image's size) and samples whose pseudo.json is
+    missing, malformed or without instances are skipped and counted under those reasons.
     """
 
     def __init__(self, urls: list[str], *, rank: int, world_size: int, image_size: int | None,
-                 shuffle: int, seed: int) -> None:
+                 shuffle: int, seed: int, pseudo: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.urls, self.rank, self.world_size = urls, rank, world_size
-        self.image_size, self.shuffle, self.seed = image_size, shuffle, seed
+        self.image_size, self.shuffle, self.seed, self.pseudo = image_size, shuffle, seed, pseudo
         self.skipped: Counter[str] = Counter()
         self.bad_shards: list[str] = []
         self.yielded = 0
@@ -107,9 +111,16 @@ class CaptionSamples:
             if checked.reason is not None:
                 self._skip(url, record.key, checked.reason)
                 continue
+            sample = {"key": os.path.basename(record.key), "caption": checked.caption}
+            if self.pseudo:
+                height, width = checked.pixels.shape[:2]
+                sample["pseudo"], reason = check_pseudo(record.members, width, height)
+                if reason is not None:
+                    self._skip(url, record.key, reason)
+                    continue
             self.yielded += 1
-            image = torch.tensor(checked.pixels, dtype=torch.float32).permute(2, 0, 1).div_(255)
-            yield {"key": os.path.basename(record.key), "image": image, "caption": checked.caption}
+            sample["image"] = torch.tensor(checked.pixels, dtype=torch.float32).permute(2, 0, 1).div_(255)
+            yield sample
 
     def _records(self, url: str) -> Iterator[TarRecord]:
         """The shard's records; an I/O error ends the shard as one `read_error` record (training streams
@@ -132,16 +143,17 @@ class CaptionSamples:
 
 
 def iter_caption_samples(urls: str | list[str], *, rank: int = 0, world_size: int = 1, image_size: int | None = None,
-                         shuffle: int = 0, seed: int = 0) -> CaptionSamples:
+                         shuffle: int = 0, seed: int = 0, pseudo: bool = False) -> CaptionSamples:
     """Caption samples for one rank: `{"key": str, "image": float CHW in [0, 1], "caption": str}`.
 
     Rank r reads shards r, r + world_size, ...; with fewer shards than ranks every rank
     reads all shards and keeps samples r, r + world_size, ... instead. `image_size` shrinks
     larger images so the longer side has that many pixels. `shuffle` > 0 shuffles the shard order and
-    the samples in a buffer of that size, seeded by `seed`.
+    the samples in a buffer of that size, seeded by `seed`. `pseudo`: read pseudo-labeled shards (see
+    `CaptionSamples`).
     """
     return CaptionSamples(expand_urls(urls), rank=rank, world_size=world_size, image_size=image_size,
-                          shuffle=shuffle, seed=seed)
+                          shuffle=shuffle, seed=seed, pseudo=pseudo)
 
 
 def _shuffled(samples: Iterator[dict[str, Any]], buffer_size: int, rng: random.Random) -> Iterator[dict[str, Any]]:

@@ -3,6 +3,7 @@ caption samples streamed from shards, both resumable at a step."""
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any, Iterator
 
@@ -10,6 +11,8 @@ import torch
 
 from xpl.data.captions import iter_caption_samples
 from xpl.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def rank_batches(n_items: int, batch_size: int, rank: int, world_size: int, start_step: int,
@@ -35,10 +38,13 @@ def one_caption(text: str, rng: random.Random) -> str:
 
 
 def caption_batches(urls: str | list[str], batch_size: int, *, rank: int, world_size: int, image_size: int,
-                    start_step: int, seed: int, shuffle: int = 256) -> Iterator[list[dict[str, Any]]]:
+                    start_step: int, seed: int, shuffle: int = 256,
+                    pseudo: bool = False) -> Iterator[list[dict[str, Any]]]:
     """Endless batches of caption samples (`{"key", "image", "caption"}`) for one rank, epoch after epoch,
     shuffled with a seed that depends on the step a run (re)starts at and the epoch. Each sample's caption is
-    one line of its `.txt`, drawn anew each time the sample comes round (`one_caption`).
+    one line of its `.txt`, drawn anew each time the sample comes round (`one_caption`). `pseudo`: samples of
+    pseudo-labeled shards, with their targets (`iter_caption_samples`). Each pass's skipped samples are
+    logged with their reasons.
 
     Raises DataError when a whole pass over the rank's shards cannot fill one batch.
     """
@@ -46,7 +52,7 @@ def caption_batches(urls: str | list[str], batch_size: int, *, rank: int, world_
     while True:
         epoch_seed = seed + 1000 * start_step + epoch
         samples = iter_caption_samples(urls, rank=rank, world_size=world_size, image_size=image_size,
-                                       shuffle=shuffle, seed=epoch_seed)
+                                       shuffle=shuffle, seed=epoch_seed, pseudo=pseudo)
         rng = random.Random(f"captions/{epoch_seed}/{rank}")
         batch: list[dict[str, Any]] = []
         yielded = 0
@@ -55,6 +61,9 @@ def caption_batches(urls: str | list[str], batch_size: int, *, rank: int, world_
             if len(batch) == batch_size:
                 yield batch
                 batch, yielded = [], yielded + 1
+        if samples.skipped:
+            log.warning("rank %d, pass %d over %s: %d samples read, skipped %s", rank, epoch, urls, samples.yielded,
+                        dict(samples.skipped))
         if yielded == 0:
             raise DataError(f"{urls}: rank {rank} got fewer than batch_size={batch_size} readable caption "
                             f"samples (skipped: {dict(samples.skipped)})")

@@ -18,7 +18,7 @@ Pseudo branch (per caption image, boxes in its pixels):
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +38,14 @@ class RobustStudent(torch.nn.Module):
         base_labels: the detector labels (1..C) of the base classes, in order; GT targets use 1..len(base_labels).
         mode, samples, sigma0: the robust mask loss (`xpl.model.robust`).
         c: numerator of the instance weights. sigma_freeze_step: forward calls after which sigma stops learning.
+        names: the vocabulary's names (labels 1..C), for the per-class statistics.
+        track_corruption: targets carry `corrupted` flags (the noise study); sigma is reported for both kinds.
     """
 
     def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str = "expected_likelihood",
                  samples: int = 5, c: float = 1.0, sigma0: float = 1.0, sigma_freeze_step: int = 10**9,
-                 max_positives: int = 16, pseudo_box_loss: bool = False) -> None:
+                 max_positives: int = 16, pseudo_box_loss: bool = False, names: Optional[Sequence[str]] = None,
+                 track_corruption: bool = False) -> None:
         super().__init__()
         self.detector = detector
         predictor = detector.roi_heads.mask_predictor
@@ -55,6 +58,10 @@ class RobustStudent(torch.nn.Module):
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self.mode, self.samples, self.c = mode, samples, c
         self.sigma_freeze_step, self.max_positives, self.pseudo_box_loss = sigma_freeze_step, max_positives, pseudo_box_loss
+        self.names = list(names) if names is not None else [f"label{i}" for i in range(1, all_embeddings.shape[0] + 1)]
+        if len(self.names) != all_embeddings.shape[0]:
+            raise ValueError(f"{len(self.names)} names for {all_embeddings.shape[0]} class embeddings")
+        self.track_corruption = track_corruption
 
     def _use_classes(self, embeddings: torch.Tensor) -> None:
         self.detector.roi_heads.box_predictor.class_embeddings = embeddings
@@ -127,23 +134,25 @@ class RobustStudent(torch.nn.Module):
             regression = heads.box_coder.encode([matched_boxes], [torch.cat(boxes)])[0]
             losses["loss_pseudo_box_reg"] = F.smooth_l1_loss(deltas.float(), regression.float(), beta=1 / 9,
                                                              reduction="sum") / n
-        stats = self._stats(log_var.detach(), weights, labels_all, torch.cat(
-            [t["corrupted"][i] for t, i in zip(targets, index)]) if "corrupted" in targets[0] else None)
+        corrupted = (torch.cat([t["corrupted"][i] for t, i in zip(targets, index)])
+                     if "corrupted" in targets[0] else None)
+        stats = self._stats(log_var.detach(), weights.detach(), labels_all, corrupted)
         return losses, stats
 
     def _stats(self, log_var: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
-               corrupted: Optional[torch.Tensor]) -> dict[str, float]:
-        """Mean sigma on pseudo pixels, the instance weights' spread, positives per class, and mean sigma
-        on corrupted vs clean instances when the noise study marks them."""
-        if len(labels) == 0:
-            return {"pseudo_positives": 0.0}
+                corrupted: Optional[torch.Tensor]) -> dict[str, float]:
+        """The same names every step (ranks all-reduce them, `xpl.train.meter`): positives, the instance
+        weights' spread, and as `.sum`/`.count` pairs the mean sigma on pseudo pixels, each class's share
+        of the positives, and with `track_corruption` the mean sigma of corrupted and of clean instances."""
         sigma = torch.exp(0.5 * log_var).flatten(1).mean(1)
-        stats = {"pseudo_positives": float(len(labels)), "sigma_mean": float(sigma.mean()),
+        n = float(len(labels))
+        stats = {"pseudo_positives": n, "sigma.sum": float(sigma.sum()), "sigma.count": n,
                  "instance_weight_std": float(weights.std()) if len(weights) > 1 else 0.0}
-        for label, count in zip(*torch.unique(labels, return_counts=True)):
-            stats[f"positives_label{int(label)}"] = float(count) / len(labels)
-        if corrupted is not None:
-            for name, chosen in (("corrupted", corrupted), ("clean", ~corrupted)):
-                if bool(chosen.any()):
-                    stats[f"sigma_{name}"] = float(sigma[chosen.bool()].mean())
+        counts = torch.bincount(labels, minlength=len(self.names) + 1).tolist()
+        for label, name in enumerate(self.names, start=1):
+            stats[f"share.{name}.sum"], stats[f"share.{name}.count"] = float(counts[label]), n
+        if self.track_corruption:
+            flags = corrupted.bool() if corrupted is not None else torch.zeros_like(labels, dtype=torch.bool)
+            for name, chosen in (("sigma_corrupted", flags), ("sigma_clean", ~flags)):
+                stats[f"{name}.sum"], stats[f"{name}.count"] = float(sigma[chosen].sum()), float(chosen.sum())
         return stats

@@ -4,6 +4,10 @@ One step's loss says little (an untrained Mask R-CNN's loss jumps around) and ra
 of the other ranks, so the window's steps are summed on every rank and all-reduced. Images/s counts
 only the time spent in steps (batch, forward, backward, optimizer): checkpointing and logging
 between steps do not slow the next window down.
+
+A ratio over the window (e.g. mean sigma over the pseudo instances of all steps, whatever each step
+holds) is logged as two parts, `<name>.sum` and `<name>.count`, and reported as `<name>` = sum / count
+(left out when the window counted nothing). Every rank must report the same part names every step.
 """
 
 from __future__ import annotations
@@ -47,4 +51,12 @@ class WindowMeter:
         values = totals.tolist()
         steps, images = max(values[-2], 1.0), values[-1]
         self._reset()
-        return {**{n: v / steps for n, v in zip(names, values)}, "images_per_s": images / max(seconds.item(), 1e-9)}
+        sums = dict(zip(names, values))
+        means = {n: v / steps for n, v in sums.items() if not n.endswith((".sum", ".count"))}
+        return {**means, **ratios(sums), "images_per_s": images / max(seconds.item(), 1e-9)}
+
+
+def ratios(sums: Mapping[str, float]) -> dict[str, float]:
+    """`<name>` = `<name>.sum` / `<name>.count` for each such pair whose count is positive."""
+    return {n.removesuffix(".sum"): v / sums[n.removesuffix(".sum") + ".count"] for n, v in sums.items()
+            if n.endswith(".sum") and sums.get(n.removesuffix(".sum") + ".count", 0) > 0}

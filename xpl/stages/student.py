@@ -1,0 +1,141 @@
+"""Stage 4: the robust student (`xpl.model.student.RobustStudent`) on the engine (Ray Train + DeepSpeed).
+
+It starts from the teacher's weights with V2L frozen and classifies over the whole vocabulary. Each step
+mixes `student.train.batch_size` base-annotated images (GT branch) with `student.pseudo_batch_size`
+pseudo-labeled caption images (pseudo branch) per worker; the pseudo-labeled shards are streamed with
+the shared reader (`xpl.data.captions`, `pseudo=True`), which reads only image, caption and pseudo.json.
+With `student.corrupt.share` > 0 a seeded share of pseudo masks is corrupted (the noise study) and the
+mean sigma of corrupted and clean instances is logged. `student.name` names the output folder and the
+MLflow stage, so a plain and a robust student can share an output_dir.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from xpl.config import to_dict
+from xpl.data.coco import CocoInstances
+from xpl.data.corrupt import KINDS, corrupt_instances
+from xpl.data.pseudo_sample import PseudoTargets
+from xpl.data.sampling import caption_batches, rank_batches
+from xpl.errors import DataError, XPLError
+from xpl.model.checkpoint import export_model, load_model
+from xpl.model.robust import MODES
+from xpl.model.student import RobustStudent
+from xpl.stages.common import ConfigTask, log_stage_summary, stage_dir, train_settings
+from xpl.stages.teacher import base_categories, evaluate_base
+from xpl.text import TextEncoder
+from xpl.train.engine import fit
+from xpl.vocab import Vocabulary
+
+Target = dict[str, torch.Tensor]
+
+
+def pseudo_target(pseudo: PseudoTargets, key: str, labels: dict[int, int], corrupt: Any) -> Target:
+    """Detector targets of one pseudo-labeled sample: labels over the whole vocabulary (1..C) and uint8
+    masks, a seeded share of them corrupted when `corrupt.share` > 0 (then `corrupted` flags them)."""
+    unknown = sorted({c for c in pseudo.category_ids if c not in labels})
+    if unknown:
+        raise DataError(f"sample {key}: pseudo.json category ids {unknown} are not in the vocabulary "
+                        "(pseudo-labels written with another vocabulary?)")
+    masks = list(pseudo.masks)
+    target = {"boxes": torch.from_numpy(pseudo.boxes),
+              "labels": torch.tensor([labels[c] for c in pseudo.category_ids], dtype=torch.int64)}
+    if corrupt.share > 0:
+        masks, flags = corrupt_instances(masks, key, share=corrupt.share, kinds=list(corrupt.kinds), seed=corrupt.seed)
+        target["corrupted"] = torch.tensor(flags, dtype=torch.bool)
+    target["masks"] = torch.from_numpy(np.stack(masks).astype(np.uint8))
+    return target
+
+
+@dataclass
+class StudentTask(ConfigTask):
+    """GT branch over base classes + pseudo branch over the vocabulary, in one forward call."""
+
+    stage: str = "student"
+    unused_parameters: bool = True  # the sigma head gets no gradient once frozen
+    _dataset: CocoInstances | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.stage = self.cfg.student.name
+
+    def dataset(self) -> CocoInstances:
+        if self._dataset is None:
+            cfg = self.cfg
+            self._dataset = CocoInstances(cfg.data.train_json, cfg.data.train_images,
+                                          category_ids=base_categories(cfg)[0])
+        return self._dataset
+
+    def build_model(self) -> torch.nn.Module:
+        cfg, st = self.cfg, self.cfg.student
+        vocab = Vocabulary.load(cfg.data.vocab)
+        detector = load_model(st.init)
+        detector.set_class_embeddings(TextEncoder(cfg.text.model).embed(vocab.names))
+        if st.freeze_v2l:
+            detector.freeze_v2l()
+        base = {c.id for c in vocab.split("base")}
+        base_labels = [i for i, c in enumerate(vocab.categories, start=1) if c.id in base]
+        return RobustStudent(detector, base_labels, mode=st.mode, samples=st.samples, c=st.c, sigma0=st.sigma0,
+                             sigma_freeze_step=st.sigma_freeze_step, max_positives=st.max_positives,
+                             pseudo_box_loss=st.pseudo_box_loss, names=vocab.names,
+                             track_corruption=st.corrupt.share > 0).train()
+
+    def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
+        cfg, st, data = self.cfg, self.cfg.student, self.dataset()
+        labels = {c.id: i for i, c in enumerate(Vocabulary.load(cfg.data.vocab).categories, start=1)}
+        pseudo = caption_batches(st.pseudo, st.pseudo_batch_size, rank=rank, world_size=world_size,
+                                 image_size=cfg.data.image_size, start_step=start_step, seed=st.train.seed,
+                                 pseudo=True)
+        for indices in rank_batches(len(data), st.train.batch_size, rank, world_size, start_step, st.train.seed):
+            samples = next(pseudo)
+            yield ([data[i] for i in indices],
+                   [(s["image"], pseudo_target(s["pseudo"], s["key"], labels, st.corrupt)) for s in samples])
+
+    def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
+        def moved(items: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+            return ([img.to(device) for img, _ in items],
+                    [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for _, t in items])
+
+        gt, pseudo = batch
+        losses, stats = model(*moved(gt), *moved(pseudo))
+        total = sum(losses.values())
+        return total, {**{k: float(v.item()) for k, v in losses.items()}, **stats}, len(gt) + len(pseudo)
+
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        export_model(model.detector, path)
+
+
+def check_student_config(cfg: DictConfig) -> None:
+    """Stop before any worker starts on a missing input or an unknown setting, naming the key."""
+    st = cfg.student
+    if st.mode not in MODES:
+        raise XPLError(f"student.mode={st.mode}: choose one of {', '.join(MODES)}")
+    unknown = [k for k in st.corrupt.kinds if k not in KINDS]
+    if unknown or not 0.0 <= st.corrupt.share <= 1.0:
+        raise XPLError(f"student.corrupt: share must be in [0, 1] and kinds among {', '.join(KINDS)} "
+                       f"(got share={st.corrupt.share}, kinds={list(st.corrupt.kinds)})")
+    if not Path(st.init).is_file():
+        raise XPLError(f"student.init={st.init}: teacher model not found (run the teacher stage first)")
+
+
+def run_student(cfg: DictConfig) -> dict[str, Any]:
+    """Train on the running Ray cluster; write `<output_dir>/<student.name>/model.pt`; evaluate its base
+    classes on val; log to MLflow."""
+    check_student_config(cfg)
+    task = StudentTask(to_dict(cfg))
+    task.build_model()  # here first: a bad init or vocabulary stops the stage before any worker starts
+    name = cfg.student.name
+    result = fit(task, train_settings(cfg, "student"), stage_dir(cfg, name))
+    metrics = evaluate_base(cfg, result.model_path)
+    st = cfg.student
+    run_id = log_stage_summary(cfg, name, {"init": st.init, "pseudo": st.pseudo, "mode": st.mode}, metrics, [])
+    print(f"[{name}] model: {result.model_path}\n[{name}] checkpoint: {result.checkpoint_path}\n"
+          f"[{name}] mlflow run: {run_id}", flush=True)
+    return {"model": str(result.model_path), "checkpoint": result.checkpoint_path, "mlflow_run_id": run_id,
+            **metrics, **result.metrics}
