@@ -152,7 +152,7 @@ def test_student_trains_logs_and_exports_a_working_model(shapes_world, pseudo_sh
     for name in ("loss_pseudo_mask", "loss_pseudo_classifier", "loss_classifier", "loss_mask", "sigma",
                  "instance_weight_std", "images_per_s", "pseudo_positives"):
         assert name in metrics, name
-    assert 0 < metrics["sigma"] < 10 and metrics["pseudo_positives"] > 0
+    assert 0 < metrics["sigma"] < 10 and metrics["pseudo_positives"] > 0 and metrics["peak_memory_mb"] > 0
     shares = [v for k, v in metrics.items() if k.startswith("share.")]
     assert len(shares) == 12 and sum(shares) == pytest.approx(1.0)
     assert "sigma_corrupted" in metrics or "sigma_clean" in metrics
@@ -205,3 +205,5 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(shapes_world, pseudo_s
     assert len(found) == 1
     history = client.get_metric_history(found[0].info.run_id, "loss")
     assert max(m.step for m in history) == steps
+    resumed = [m.value for m in client.get_metric_history(found[0].info.run_id, "resumed_from_step")]
+    assert resumed[0] == 0 and any(0 < v < steps and v % 3 == 0 for v in resumed[1:])

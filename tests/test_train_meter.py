@@ -42,3 +42,11 @@ def test_mean_over_ranks_with_a_real_all_reduce(tmp_path):
     # rank 0 logged 0, 1; rank 1 logged 10, 11; 8 images over the slowest rank's 3 s of steps
     expected = {"loss": 5.5, "loss_a": 0.5, "images_per_s": pytest.approx(8 / 3)}
     assert outputs == [expected, expected]
+
+
+def test_sum_and_count_parts_become_a_ratio_over_the_window():
+    meter = WindowMeter()
+    meter.add(1.0, {"sigma.sum": 3.0, "sigma.count": 2.0, "empty.sum": 0.0, "empty.count": 0.0}, 1, 1.0)
+    meter.add(1.0, {"sigma.sum": 1.0, "sigma.count": 6.0, "empty.sum": 0.0, "empty.count": 0.0}, 1, 1.0)
+    # (3 + 1) / (2 + 6) over the window, not the mean of the steps' ratios (0.79); nothing counted: left out
+    assert meter.summary(torch.device("cpu")) == {"loss": 1.0, "sigma": 0.5, "images_per_s": 1.0}

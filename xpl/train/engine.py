@@ -167,10 +167,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         done = step + 1
         if done % settings.log_every == 0 or done == settings.steps:
             last = {**meter.summary(device), "lr": scheduler.get_last_lr()[0]}
+            if done == settings.steps:
+                last["peak_memory_mb"] = peak_memory_mb(device)
             logger.log(done, last)
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             _checkpoint(engine, task, done, rank, {**last, "step": done})
     logger.close()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This worker's peak memory so far: the CUDA allocator's peak on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _restore(engine: Any) -> int:
