@@ -14,6 +14,7 @@ from xpl.config import from_dict, to_dict, to_yaml
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.tracking import log_config, resolve_tracking_uri, stage_run
 from xpl.train.engine import TrainSettings
+from xpl.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,27 @@ def evaluate_grounding(cfg: DictConfig, model_path: Path, *, last_map: bool) -> 
 
     return evaluate_pointing(model_path, cfg.data.vocab, cfg.data.val_json, cfg.data.val_images, cfg.text.model,
                              last_map=last_map)
+
+
+def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
+    """Ids and names of the vocabulary's base classes, in vocabulary order (labels 1..C follow it)."""
+    base = Vocabulary.load(cfg.data.vocab).split("base")
+    return [c.id for c in base], [c.name for c in base]
+
+
+def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float]]:
+    """Constrained base-class mask AP of an exported model (teacher or student) on the val split."""
+    from xpl.data.coco import CocoInstances
+    from xpl.eval.coco_eval import mask_ap, predict_masks
+    from xpl.model.checkpoint import load_model
+    from xpl.text import TextEncoder
+
+    base, names = base_categories(cfg)
+    model = load_model(model_path)
+    model.set_class_embeddings(TextEncoder(cfg.text.model).embed(names))
+    dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=base)
+    scores = mask_ap(cfg.data.val_json, predict_masks(model, dataset, base), base)
+    return {f"val_base_mask_{k}": v for k, v in scores.items()}
 
 
 def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any],

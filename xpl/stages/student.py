@@ -28,8 +28,7 @@ from xpl.errors import DataError, XPLError
 from xpl.model.checkpoint import export_model, load_model
 from xpl.model.robust import MODES
 from xpl.model.student import RobustStudent
-from xpl.stages.common import ConfigTask, log_stage_summary, stage_dir, train_settings
-from xpl.stages.teacher import base_categories, evaluate_base
+from xpl.stages.common import ConfigTask, base_categories, evaluate_base, log_stage_summary, stage_dir, train_settings
 from xpl.text import TextEncoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary

@@ -19,11 +19,10 @@ from xpl.config import to_dict
 from xpl.data.coco import CocoInstances
 from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import XPLError
-from xpl.eval.coco_eval import mask_ap, predict_masks
-from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
+from xpl.model.checkpoint import export_model, load_pretrained_parts
 from xpl.model.objectives import DetectionWithCaptions
-from xpl.stages.common import (ConfigTask, build_detector, evaluate_grounding, log_stage_summary, stage_dir,
-                               train_settings, warn_untrained_backbone)
+from xpl.stages.common import (ConfigTask, base_categories, build_detector, evaluate_base, evaluate_grounding,
+                               log_stage_summary, stage_dir, train_settings, warn_untrained_backbone)
 from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
@@ -31,12 +30,6 @@ from xpl.vocab import Vocabulary
 STAGE = "teacher"
 # What caption pretraining does not train, so the teacher may start it fresh: RPN, box regression, mask head.
 FRESH_PARTS = ("rpn.", "roi_heads.box_predictor.bbox_pred.", "roi_heads.mask_head.", "roi_heads.mask_predictor.")
-
-
-def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
-    """Ids and names of the vocabulary's base classes, in vocabulary order (labels 1..C follow it)."""
-    base = Vocabulary.load(cfg.data.vocab).split("base")
-    return [c.id for c in base], [c.name for c in base]
 
 
 @dataclass
@@ -113,16 +106,6 @@ class TeacherTask(ConfigTask):
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
         export_model(model.detector, path)
-
-
-def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float]]:
-    """Constrained base-class mask AP of an exported teacher on the val split."""
-    base, names = base_categories(cfg)
-    model = load_model(model_path)
-    model.set_class_embeddings(TextEncoder(cfg.text.model).embed(names))
-    dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=base)
-    scores = mask_ap(cfg.data.val_json, predict_masks(model, dataset, base), base)
-    return {f"val_base_mask_{k}": v for k, v in scores.items()}
 
 
 def _shown(value: Optional[float]) -> str:
