@@ -123,7 +123,7 @@ def bench_plain(teacher: str, images: list, batch_size: int, threads: int) -> di
 def bench_pipeline(shards, output: Path, settings, **kwargs) -> dict:
     """(b)/(c): the whole pipeline into a fresh output folder."""
     from xpl.pseudo import manifest
-    from xpl.pseudo.pipeline import run_shards
+    from xpl.pseudo.dataflow import run_shards
 
     shutil.rmtree(output, ignore_errors=True)
     manifest.prepare_output(output)
@@ -183,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from xpl.cluster import start_local_ray
+    from xpl.ray_cluster import start_local_ray
     from xpl.config import load_config
     from xpl.data.captions import expand_urls
     from xpl.pseudo import manifest
-    from xpl.pseudo.pipeline import Settings
+    from xpl.pseudo.dataflow import Settings
     from xpl.text import TextEncoder
     from xpl.vocab import Vocabulary
 

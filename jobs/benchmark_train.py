@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from xpl.cluster import connect
+from xpl.ray_cluster import connect
 from xpl.config import load_config
 from xpl.runtime import apply_env_defaults
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("xpl").addHandler(handler)
     logging.getLogger("xpl").setLevel(logging.INFO)  # per-shard progress lines
 
-    from xpl.cluster import connect
+    from xpl.ray_cluster import connect
     from xpl.config import load_config
     from xpl.errors import XPLError
     from xpl.pseudo.manifest import format_totals

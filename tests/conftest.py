@@ -31,7 +31,7 @@ def ray_session():
     """One local Ray instance for the whole test session (~4 s to start)."""
     import ray
 
-    from xpl.cluster import start_local_ray
+    from xpl.ray_cluster import start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(num_cpus=2, include_dashboard=False)

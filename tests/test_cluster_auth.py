@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from xpl.cluster import set_auth_mode
+from xpl.ray_cluster import set_auth_mode
 from xpl.runtime import apply_env_defaults
 
 

@@ -26,7 +26,7 @@ from raynodes import alive_nodes, start_head, start_worker, submit_job, wait_for
 from xpl.config import load_config
 from xpl.data.shapes import synthesize
 from xpl.pseudo.manifest import totals
-from xpl.pseudo.pipeline import Settings
+from xpl.pseudo.dataflow import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS, PER_SHARD = 16, 3

@@ -48,7 +48,7 @@ def _stage(module: str, function: str) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
         import importlib
 
-        from xpl.cluster import connect
+        from xpl.ray_cluster import connect
 
         cfg = _load(args)
         connect()

@@ -17,7 +17,7 @@ DEFAULTS = {
 
 def apply_env_defaults() -> dict[str, str]:
     """Set the defaults that are not already set; return them all. Ray's auth mode is not among them: it depends
-    on whether Ray is started or joined (`xpl.cluster.set_auth_mode`)."""
+    on whether Ray is started or joined (`xpl.ray_cluster.set_auth_mode`)."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in DEFAULTS}

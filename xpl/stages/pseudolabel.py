@@ -1,4 +1,4 @@
-"""Stage 3: cross-modal pseudo-labeling of caption shards (see `xpl.pseudo.pipeline`).
+"""Stage 3: cross-modal pseudo-labeling of caption shards (see `xpl.pseudo.dataflow`).
 
 `run_pseudolabel(cfg)` plans the shards (finished ones are skipped: resume), embeds the vocabulary
 names, runs the Ray Data pipeline, then accounts for the whole output from the manifests and logs
@@ -126,11 +126,11 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
     """
     import mlflow
 
-    from xpl.cluster import connect
+    from xpl.ray_cluster import connect
     from xpl.config import to_dict, to_yaml
     from xpl.eval.pseudo_quality import format_report, quality_report
     from xpl.pseudo import manifest
-    from xpl.pseudo.pipeline import Settings, run_shards
+    from xpl.pseudo.dataflow import Settings, run_shards
     from xpl.tracking import log_config, log_params_once, resolve_tracking_uri, stage_run
 
     pl = cfg.pseudolabel

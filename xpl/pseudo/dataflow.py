@@ -31,7 +31,7 @@ import ray
 from xpl.pseudo.decode import decode_batch
 from xpl.pseudo.instances import instance_batch
 from xpl.pseudo.source import CaptionShardDatasource, ShardTask
-from xpl.pseudo.teacher import Teacher
+from xpl.pseudo.teacher_actor import Teacher
 from xpl.pseudo.writer import ShardWriter
 from xpl.vocab import Vocabulary
 
