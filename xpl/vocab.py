@@ -70,9 +70,14 @@ class Vocabulary:
         raw = data.get("categories") if isinstance(data, dict) else data
         if not isinstance(raw, list):
             raise DataError(f"{path}: expected a list under key 'categories'")
+        return cls.from_records(raw, path)
+
+    @classmethod
+    def from_records(cls, raw: list[Any], source: str | Path) -> "Vocabulary":
+        """Validate parsed category records (COCO/LVIS style); errors name `source` and the record."""
         if not raw:
-            raise DataError(f"{path}: vocabulary is empty: no categories")
-        return cls([_parse_category(entry, path, i) for i, entry in enumerate(raw)])
+            raise DataError(f"{source}: vocabulary is empty: no categories")
+        return cls([_parse_category(entry, source, i) for i, entry in enumerate(raw)])
 
     def __len__(self) -> int:
         return len(self.categories)
@@ -128,7 +133,7 @@ class Vocabulary:
         }
 
 
-def _parse_category(entry: Any, path: Path, index: int) -> Category:
+def _parse_category(entry: Any, path: str | Path, index: int) -> Category:
     """Validate one category record; LVIS's `synset`/`frequency` fields are ignored."""
     where = f"{path}: categories[{index}]"
     if not isinstance(entry, dict):

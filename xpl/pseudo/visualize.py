@@ -1,11 +1,11 @@
-"""Pictures for the MLflow run: pseudo masks and words drawn on images, and a score histogram."""
+"""Pictures: instance masks, boxes and labels drawn on images (pseudo-labels, `xpl segment`), and a score histogram."""
 
 from __future__ import annotations
 
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -21,18 +21,16 @@ COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 RIGHT, WRONG = (40, 190, 60), (230, 30, 30)
 
 
-def draw_pseudo(image_bytes: bytes, pseudo: dict[str, Any], min_side: int = 256,
-                verdicts: Optional[Sequence[bool]] = None) -> Image.Image:
-    """The image with each pseudo mask tinted, its box outlined and 'name "phrase" score' written.
-
-    With `verdicts` (right or wrong per instance, from the quality judgement) masks and boxes are
-    green when right and red when wrong; otherwise each instance gets its own colour.
-    """
-    image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+def draw_instances(image: Image.Image, instances: Sequence[Mapping[str, Any]], labels: Sequence[str],
+                   colours: Optional[Sequence[tuple[int, int, int]]] = None, min_side: int = 256) -> Image.Image:
+    """`image` with each instance's mask (COCO RLE `segmentation`) tinted, its box (`bbox`, xywh) outlined and
+    its label written; each instance gets its own colour unless `colours` are given. Small images are
+    enlarged to `min_side` (nearest neighbour) so the labels stay readable."""
+    image = image.convert("RGB")
     canvas = np.asarray(image, dtype=np.float32).copy()
-    colours = [RIGHT if ok else WRONG for ok in verdicts] if verdicts is not None else \
-        [COLOURS[i % len(COLOURS)] for i in range(len(pseudo["instances"]))]
-    for inst, colour in zip(pseudo["instances"], colours):
+    if colours is None:
+        colours = [COLOURS[i % len(COLOURS)] for i in range(len(instances))]
+    for inst, colour in zip(instances, colours):
         mask = rle.decode(inst["segmentation"], image.height, image.width)
         canvas[mask] = 0.45 * canvas[mask] + 0.55 * np.array(colour, dtype=np.float32)
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
@@ -40,12 +38,24 @@ def draw_pseudo(image_bytes: bytes, pseudo: dict[str, Any], min_side: int = 256,
     if scale > 1:
         out = out.resize((round(out.width * scale), round(out.height * scale)), Image.NEAREST)
     draw = ImageDraw.Draw(out)
-    for inst, colour in zip(pseudo["instances"], colours):
+    for inst, label, colour in zip(instances, labels, colours):
         x, y, w, h = (v * scale for v in inst["bbox"])
         draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
-        label = f'{inst["name"]} "{inst["phrase"]}" {inst["align_score"]:.2f}'
         draw.text((x + 2, y + 1), label, fill=colour, stroke_width=1, stroke_fill=(0, 0, 0))
     return out
+
+
+def draw_pseudo(image_bytes: bytes, pseudo: dict[str, Any], min_side: int = 256,
+                verdicts: Optional[Sequence[bool]] = None) -> Image.Image:
+    """The image with each pseudo mask tinted, its box outlined and 'name "phrase" score' written.
+
+    With `verdicts` (right or wrong per instance, from the quality judgement) masks and boxes are
+    green when right and red when wrong; otherwise each instance gets its own colour.
+    """
+    instances = pseudo["instances"]
+    labels = [f'{inst["name"]} "{inst["phrase"]}" {inst["align_score"]:.2f}' for inst in instances]
+    colours = [RIGHT if ok else WRONG for ok in verdicts] if verdicts is not None else None
+    return draw_instances(Image.open(io.BytesIO(image_bytes)), instances, labels, colours, min_side)
 
 
 def histogram(values: Sequence[float], bins: int = 20) -> dict[str, list[float]]:
