@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from xpl.config import load_config
 from xpl.data import rle
+from xpl.data.captions import iter_caption_samples
 from xpl.data.shapes import synthesize
 from xpl.pseudo import manifest
 from xpl.stages.pseudolabel import run_pseudolabel
@@ -92,6 +93,9 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
             assert {"name", "phrase", "align_score"} <= set(inst)
         seen += 1
     assert seen == totals["labeled"] == len(output_keys(out))
+    student_reads = iter_caption_samples(urls, pseudo=True)  # the student's reader takes every labeled sample
+    assert sum(len(s["pseudo"].category_ids) for s in student_reads) == totals["instances"]
+    assert student_reads.yielded == seen and not student_reads.skipped
 
     # MLflow: params, counts, throughput, histogram and pictures
     client = MlflowClient(cfg.tracking.uri)

@@ -27,18 +27,19 @@ from xpl.data.pseudo_sample import decode_pseudo
 from xpl.data.tar_records import iter_tar_records, open_shard
 from xpl.data.tar_writer import AtomicTar
 from xpl.errors import DataError, XPLError
+from xpl.pseudo.align import PseudoInstance
+from xpl.pseudo.instances import pseudo_json
 from xpl.tracking import RUN_KEY_TAG
 from xpl.vocab import Vocabulary
 
 
 def pseudo_member(meta: dict, ids: dict[str, int]) -> bytes:
-    """The pseudo.json stage 3 would write for a teacher that finds every object exactly."""
-    instances = [{"category_id": ids[o["category"]], "name": o["category"], "phrase": o["category"],
-                  "box": [o["bbox"][0], o["bbox"][1], o["bbox"][0] + o["bbox"][2], o["bbox"][1] + o["bbox"][3]],
-                  "segmentation": o["segmentation"], "align_score": 1.0, "mask_score": 1.0, "region_score": 1.0}
-                 for o in meta["xpl"]["objects"]]
-    return json.dumps({"key": meta["key"], "caption": meta["caption"], "width": meta["width"],
-                       "height": meta["height"], "instances": instances}).encode()
+    """The pseudo.json stage 3 writes (its own serialisers), for a teacher that finds every object exactly."""
+    instances = [PseudoInstance(ids[o["category"]], o["category"], o["category"],
+                                (o["bbox"][0], o["bbox"][1], o["bbox"][0] + o["bbox"][2], o["bbox"][1] + o["bbox"][3]),
+                                o["segmentation"], 1.0, 1.0, 1.0).to_json() for o in meta["xpl"]["objects"]]
+    row = {"key": meta["key"], "caption": meta["caption"], "width": meta["width"], "height": meta["height"]}
+    return pseudo_json(row, instances).encode()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def pseudo_shards(shapes_world, tmp_path_factory) -> Path:
         good = [r.members for r in iter_tar_records(stream)][:3]
     with AtomicTar(out / "bad.tar") as tar:
         tar.write("bad-missing", good[0])
-        tar.write("bad-json", {**good[1], "pseudo.json": b'{"width": 64, "height": 64, "instances": [{"box": [1]}]}'})
+        tar.write("bad-json", {**good[1], "pseudo.json": b'{"width": 64, "height": 64, "instances": [{"bbox": [1]}]}'})
         tar.write("bad-empty", {**good[2], "pseudo.json": b'{"width": 64, "height": 64, "instances": []}'})
     return out
 
@@ -79,13 +80,13 @@ def test_decode_pseudo_scales_boxes_and_masks_and_names_bad_fields():
     mask = np.zeros((40, 80), dtype=bool)
     mask[10:30, 20:60] = True
     data = json.dumps({"width": 80, "height": 40, "instances": [
-        {"category_id": 5, "box": [20, 10, 60, 30], "segmentation": rle.encode(mask)}]}).encode()
+        {"category_id": 5, "bbox": [20, 10, 40, 20], "segmentation": rle.encode(mask)}]}).encode()
     targets = decode_pseudo(data, 40, 20)
     assert targets.category_ids == [5]
     assert targets.boxes.tolist() == [[10.0, 5.0, 30.0, 15.0]]
     assert targets.masks.shape == (1, 20, 40) and targets.masks[0, 5:15, 10:30].all() and targets.masks.sum() == 200
     with pytest.raises(ValueError, match=r"instances\[0\]\.segmentation missing"):
-        decode_pseudo(json.dumps({"width": 8, "height": 8, "instances": [{"category_id": 1, "box": [0, 0, 1, 1]}]})
+        decode_pseudo(json.dumps({"width": 8, "height": 8, "instances": [{"category_id": 1, "bbox": [0, 0, 1, 1]}]})
                       .encode(), 8, 8)
 
 

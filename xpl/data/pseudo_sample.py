@@ -55,7 +55,8 @@ def _mask(segmentation: Any, index: int, width: int, height: int) -> np.ndarray:
 def decode_pseudo(data: bytes, width: int, height: int) -> PseudoTargets:
     """Targets for an image decoded at `width` x `height` from pseudo.json bytes; raises BadPseudo.
 
-    Boxes are scaled from the original size that pseudo.json records (`width`, `height`) and clipped.
+    Boxes (COCO `bbox`, x y w h) become x1 y1 x2 y2, scaled from the original size that pseudo.json records
+    (`width`, `height`) and clipped.
     """
     try:
         record = json.loads(data)
@@ -69,12 +70,13 @@ def decode_pseudo(data: bytes, width: int, height: int) -> PseudoTargets:
     ids, boxes, masks = [], [], []
     for i, instance in enumerate(instances):
         try:
-            box = np.asarray(_field(instance, "box", i), dtype=np.float32)
+            xywh = np.asarray(_field(instance, "bbox", i), dtype=np.float32)
             ids.append(int(_field(instance, "category_id", i)))
         except (TypeError, ValueError) as exc:
             raise BadPseudo(f"instances[{i}]: {type(exc).__name__}: {exc}") from exc
-        if box.shape != (4,):
-            raise BadPseudo(f"instances[{i}].box must hold 4 numbers")
+        if xywh.shape != (4,):
+            raise BadPseudo(f"instances[{i}].bbox must hold 4 numbers (x, y, width, height)")
+        box = np.concatenate([xywh[:2], xywh[:2] + xywh[2:]])
         boxes.append(np.clip(box * scale, 0, [width, height, width, height]))
         masks.append(_mask(_field(instance, "segmentation", i), i, width, height))
     return PseudoTargets(ids, np.asarray(boxes, dtype=np.float32).reshape(-1, 4),

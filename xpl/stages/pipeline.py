@@ -1,13 +1,17 @@
-"""The whole pipeline on the configured data: its inputs checked (the shapes world written when that is the
-data), then pretrain, teacher, pseudo-labels."""
+"""The main job on the configured data: its inputs checked (the shapes world written when that is the data),
+then pretrain, teacher, pseudo-labels, the robust and the plain student, and the evaluation of the teacher and
+both students, ending with the results table (`results.md`, `results.json`)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xpl.errors import DataError, XPLError
 
@@ -52,17 +56,131 @@ def ensure_inputs(cfg: DictConfig) -> bool:
     return True
 
 
-def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    """Run every stage in order; each stage resumes its own finished work when re-run."""
+# Config sections each stage reads, beyond those of the stages before it.
+SECTIONS = {"pretrain": ("data", "synth", "text", "model", "pretrain"), "teacher": ("teacher",),
+            "pseudolabel": ("pseudolabel",), "student": ("student",), "student_plain": ("student",)}
+MODELS = ("teacher", "student", "student_plain")
+
+
+def plain_student(cfg: DictConfig) -> DictConfig:
+    """The demo's comparison: the same student with the ordinary BCE mask loss, in its own folder and run."""
+    return OmegaConf.merge(cfg, {"student": {"name": "student_plain", "mode": "plain"}})
+
+
+def stage_digest(cfg: DictConfig, sections: tuple[str, ...], upstream: str) -> str:
+    """Identity of a stage's work: its config sections and the identity of what it starts from."""
+    from xpl.tracking import config_digest
+
+    return config_digest({"upstream": upstream, **{s: OmegaConf.to_container(cfg[s], resolve=True)
+                                                   for s in sections}})
+
+
+@dataclass
+class StageRecord:
+    """One stage of the main job: what it returned, how long it took, whether an earlier run's output served."""
+
+    digest: str
+    result: dict[str, Any]
+    seconds: float
+    skipped: bool = False
+
+
+def run_stage(name: str, digest: str, marker: Path, work: Callable[[], dict[str, Any]], fresh: bool) -> StageRecord:
+    """Run `work` unless `marker` records a finished run with the same digest (then reuse its result)."""
+    if not fresh and marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("digest") == digest:
+            print(f"[pipeline] {name}: done earlier with the same config, skipped ({marker})", flush=True)
+            return StageRecord(digest, done["result"], done["seconds"], skipped=True)
+    print(f"[pipeline] {name} ...", flush=True)
+    tic = time.perf_counter()
+    result = work()
+    record = StageRecord(digest, json.loads(json.dumps(result, default=str)), time.perf_counter() - tic)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(asdict(record), indent=1))
+    print(f"[pipeline] {name} done in {record.seconds:.0f} s", flush=True)
+    return record
+
+
+def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
+    """Pretrain, teacher, pseudo-labels, robust and plain students, evaluation of the teacher and both students;
+    write `results.json` and `results.md` to `<output_dir>` and print the table. A stage whose output exists
+    for the same config (and upstream) is skipped; `fresh` reruns everything (the output folder is removed)."""
+    from xpl.stages.evaluate import run_evaluate
     from xpl.stages.pretrain import run_pretrain
     from xpl.stages.pseudolabel import run_pseudolabel
+    from xpl.stages.student import run_student
     from xpl.stages.teacher import run_teacher
+    from xpl.tracking import resolve_tracking_uri
 
     ensure_inputs(cfg)
-    results: dict[str, Any] = {}
-    for name, stage in (("pretrain", run_pretrain), ("teacher", run_teacher), ("pseudolabel", run_pseudolabel)):
-        tic = time.perf_counter()
-        print(f"[pipeline] stage {name}", flush=True)
-        results[name] = stage(cfg)
-        print(f"[pipeline] stage {name} done in {time.perf_counter() - tic:.0f} s", flush=True)
+    out = Path(cfg.output_dir)
+    if fresh and out.exists():
+        print(f"[pipeline] --fresh: removing {out}", flush=True)
+        shutil.rmtree(out)
+    plain = plain_student(cfg)
+    work: dict[str, Callable[[], dict[str, Any]]] = {
+        "pretrain": lambda: run_pretrain(cfg), "teacher": lambda: run_teacher(cfg),
+        "pseudolabel": lambda: run_pseudolabel(cfg), "student": lambda: run_student(cfg),
+        "student_plain": lambda: run_student(plain)}
+    upstream = {"pretrain": "", "teacher": "pretrain", "pseudolabel": "teacher", "student": "pseudolabel",
+                "student_plain": "pseudolabel"}
+    records: dict[str, StageRecord] = {}
+    for name, run in work.items():
+        stage_cfg = plain if name == "student_plain" else cfg
+        parent = records[upstream[name]].digest if upstream[name] else ""
+        digest = stage_digest(stage_cfg, SECTIONS[name], parent)
+        records[name] = run_stage(name, digest, out / "pipeline" / f"{name}.json", run, fresh)
+    for model in MODELS:
+        path = records[model].result["model"]
+        records[f"evaluate/{model}"] = run_stage(
+            f"evaluate {model}", stage_digest(cfg, ("data", "text"), records[model].digest),
+            out / "pipeline" / f"evaluate-{model}.json", lambda p=path: run_evaluate(cfg, checkpoint=p), fresh)
+    results = summarize(records, resolve_tracking_uri(cfg.tracking.uri))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    table = results_markdown(results)
+    (out / "results.md").write_text(table)
+    print(f"\n{table}\n[pipeline] results: {out / 'results.md'}, {out / 'results.json'}", flush=True)
+    print(f"[pipeline] pseudo-label gallery: {Path(cfg.pseudolabel.output) / 'report' / 'gallery.html'}\n"
+          f"[pipeline] MLflow UI: mlflow ui --backend-store-uri {results['mlflow']} (then http://127.0.0.1:5000)",
+          flush=True)
     return results
+
+
+def summarize(records: dict[str, StageRecord], tracking_uri: str) -> dict[str, Any]:
+    """results.json: each model's evaluation, pseudo-label quality, wall time and MLflow run id per stage."""
+    quality = records["pseudolabel"].result.get("quality", {}).get("splits", {})
+    return {
+        "models": {m: records[f"evaluate/{m}"].result["metrics"] for m in MODELS},
+        "pseudo_labels": {split: {k: quality[split].get(k) for k in ("precision", "recall", "instances")}
+                          for split in ("base", "novel") if split in quality},
+        "stages": {name: {"seconds": round(r.seconds, 1), "skipped": r.skipped,
+                          "mlflow_run_id": r.result.get("mlflow_run_id")} for name, r in records.items()},
+        "mlflow": tracking_uri,
+    }
+
+
+def _cell(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The results table (mask AP50 and AP, generalized and constrained) with pseudo-label quality and times."""
+    columns = [("generalized", "novel"), ("generalized", "base"), ("generalized", "all"), ("constrained", "novel"),
+               ("constrained", "base")]
+    lines = ["| model | " + " | ".join(f"{s} {sub} AP50 / AP" for s, sub in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for model, metrics in results["models"].items():
+        cells = [f"{_cell(metrics.get(f'{s}.{sub}.mask_AP50'))} / {_cell(metrics.get(f'{s}.{sub}.mask_AP'))}"
+                 for s, sub in columns]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "Mask AP50 / AP in % on the val split.", "", "| pseudo-labels | precision | recall | instances |",
+              "|---|---|---|---|"]
+    for split, q in results["pseudo_labels"].items():
+        lines.append(f"| {split} | {_cell(100 * q['precision'] if q['precision'] is not None else None)} % | "
+                     f"{_cell(100 * q['recall'] if q['recall'] is not None else None)} % | {q['instances']} |")
+    lines += ["", "| stage | seconds | MLflow run |", "|---|---|---|"]
+    for name, stage in results["stages"].items():
+        note = " (earlier run)" if stage["skipped"] else ""
+        lines.append(f"| {name} | {stage['seconds']:.0f}{note} | {stage['mlflow_run_id'] or ''} |")
+    return "\n".join(lines) + "\n"

@@ -171,7 +171,7 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
         records = [r for rs in records_by_shard.values() if rs for r in rs]
         totals = manifest.totals(records)
         totals.update(shards=len(shards), unfinished_shards=len(missing), unfinished=missing, run=run,
-                      output=str(output))
+                      output=str(output), mlflow_run_id=mlflow.active_run().info.run_id)
         quality = quality_report(records, {c.id: c.name for c in vocab.categories},
                                  {c.id: c.split for c in vocab.categories})
         if quality is not None:
