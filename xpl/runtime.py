@@ -11,6 +11,9 @@ DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray Train's print patch logs each print of a worker and, when a library has wrapped sys.stdout, also
+    # prints it: every engine log line reached the console twice. Ray Train propagates this to its workers.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "xpl" / "torch_extensions"),
 }
 

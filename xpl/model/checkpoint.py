@@ -83,8 +83,9 @@ def load_pretrained_parts(
 
     Every tensor of `source` must exist in `model` with the same shape, and every tensor of `model`
     must come from `source` unless its name starts with one of `allow_missing`: the parts the caller
-    trains from scratch (the teacher's RPN, box regression and mask head after caption pretraining;
-    a student's new noise head after the teacher). Otherwise nothing is loaded and XPLError names
+    trains from scratch (the teacher's RPN, box regression and mask head after caption pretraining; the
+    student loads the whole teacher with `load_model`, its sigma head living beside the detector). Otherwise
+    nothing is loaded and XPLError names
     the keys: an incompatible file must never leave a model quietly at its random initial weights.
     """
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
