@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
@@ -38,21 +38,21 @@ from xpl.vocab import Vocabulary
 
 @dataclass(frozen=True)
 class Settings:
-    """How the pipeline runs (from `PseudoLabelConfig`)."""
+    """How the pipeline runs: the fields of `PseudoLabelConfig` it needs (their defaults live there only)."""
 
-    num_actors: int = 1
-    batch_size: int = 8
-    num_gpus_per_actor: float = 0.0
-    num_cpus_per_actor: float = 0.5
-    num_cpus_per_task: float = 0.25
-    actor_resources: Mapping[str, float] = field(default_factory=dict)
-    threads_per_actor: int = 0
-    image_size: int = 0
-    max_pixels: int = 40_000_000
-    score_threshold: Optional[float] = None
-    mask_threshold: float = 0.5
-    cosine: bool = False
-    block_rows: int = 32
+    num_actors: int
+    batch_size: int
+    num_gpus_per_actor: float
+    num_cpus_per_actor: float
+    num_cpus_per_task: float
+    actor_resources: Mapping[str, float]
+    threads_per_actor: int
+    image_size: int
+    max_pixels: int
+    score_threshold: Optional[float]
+    mask_threshold: float
+    cosine: bool
+    block_rows: int = 32  # rows per block the shard reader hands Ray Data
 
     @classmethod
     def from_config(cls, pl: Any) -> "Settings":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -96,18 +97,27 @@ def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float
     return {f"val_base_mask_{k}": v for k, v in scores.items()}
 
 
-def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any],
-                      metrics: Mapping[str, Optional[float]], artifacts: list[Path]) -> str:
-    """Log the resolved config (see `log_config`), params, final metrics and files to the stage's run; return
-    its run id. A metric that is None was not measurable (e.g. AP without ground truth) and is not logged."""
-    import mlflow
-
+@contextmanager
+def stage_logging(cfg: DictConfig, stage: str, params: Mapping[str, Any]) -> Iterator[Any]:
+    """The stage's MLflow run, opened (or re-opened) with its params and resolved config (see `log_config`)
+    logged: every stage logs through it."""
     from xpl.tracking import log_params_once
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     with stage_run(uri, cfg.tracking.experiment, cfg.run_name, stage) as run:
         log_params_once(params)
         log_config(to_dict(cfg), to_yaml(cfg), stage)
+        yield run
+
+
+def log_stage_summary(cfg: DictConfig, stage: str, params: Mapping[str, Any],
+                      metrics: Mapping[str, Optional[float]], artifacts: list[Path]) -> str:
+    """Log params, the resolved config, final metrics and files to the stage's run; return its run id. A metric
+    that is None was not measurable (e.g. AP without ground truth) and is not logged."""
+    import mlflow
+
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    with stage_logging(cfg, stage, params) as run:
         measured = {k: v for k, v in metrics.items() if v is not None}
         if measured:
             mlflow.log_metrics(measured)

@@ -126,20 +126,16 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
     """
     import mlflow
 
-    from xpl.ray_cluster import connect
-    from xpl.config import to_dict, to_yaml
     from xpl.eval.pseudo_quality import format_report, quality_report
     from xpl.pseudo import manifest
     from xpl.pseudo.dataflow import Settings, run_shards
-    from xpl.tracking import log_config, log_params_once, resolve_tracking_uri, stage_run
+    from xpl.ray_cluster import connect
+    from xpl.stages.common import stage_logging
 
     pl = cfg.pseudolabel
     output = Path(pl.output)
     failures: dict[str, str] = {}
-    uri = resolve_tracking_uri(cfg.tracking.uri)
-    with stage_run(uri, cfg.tracking.experiment, cfg.run_name, STAGE):
-        log_params_once(_params(cfg, len(shards), len(vocab)))
-        log_config(to_dict(cfg), to_yaml(cfg), STAGE)
+    with stage_logging(cfg, STAGE, _params(cfg, len(shards), len(vocab))):
         run = {"shards": len(todo), "samples": 0, "seconds": 0.0, "images_per_s": 0.0, "ms_per_image": {}}
         if todo:
             from xpl.text import TextEncoder

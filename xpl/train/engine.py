@@ -21,6 +21,7 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
+from xpl.config import TrainConfig
 from xpl.train.ddp import DDPEngine
 from xpl.train.meter import WindowMeter
 from xpl.train.schedule import warmup_cosine
@@ -54,26 +55,10 @@ class Task(Protocol):
 
 
 @dataclass
-class TrainSettings:
-    """The engine's knobs (the `train` section of a stage config) plus where to log."""
+class TrainSettings(TrainConfig):
+    """The engine's knobs: a stage's `train` section (`xpl.config.TrainConfig`, the one source of their
+    defaults) plus where to log."""
 
-    steps: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    grad_clip: float
-    num_workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    zero_stage: int
-    precision: str
-    checkpoint_every: int
-    log_every: int
-    max_failures: int
-    storage_path: str
-    seed: int
-    backend: str = "deepspeed"
     tracking_uri: str = ""
     experiment: str = "xpl"
     run_name: str = "xpl"
