@@ -34,3 +34,37 @@ def test_shapes_world_is_written_only_into_an_empty_or_shapes_owned_folder(tmp_p
     cfg = load_config(CONFIGS / "shapes.yaml", [f"data.root={tmp_path / 'shapes'}", *SMALL])
     assert ensure_inputs(cfg) is True
     assert ensure_inputs(cfg) is False  # everything is there now
+
+
+def test_a_stage_done_with_the_same_config_is_skipped_and_a_changed_one_reruns(tmp_path):
+    from xpl.stages.pipeline import run_stage, stage_digest
+
+    cfg = load_config(CONFIGS / "shapes.yaml", [f"data.root={tmp_path}", *SMALL])
+    calls = []
+
+    def work() -> dict:
+        calls.append(1)
+        return {"model": "m.pt", "path": tmp_path}
+
+    digest = stage_digest(cfg, ("teacher",), "upstream")
+    first = run_stage("teacher", digest, tmp_path / "pipeline" / "teacher.json", work, fresh=False)
+    again = run_stage("teacher", digest, tmp_path / "pipeline" / "teacher.json", work, fresh=False)
+    assert len(calls) == 1 and again.skipped and again.result == first.result == {"model": "m.pt", "path": str(tmp_path)}
+    changed = load_config(CONFIGS / "shapes.yaml", [f"data.root={tmp_path}", *SMALL, "teacher.train.lr=0.5"])
+    assert stage_digest(changed, ("teacher",), "upstream") != digest
+    assert stage_digest(cfg, ("teacher",), "other upstream") != digest
+    run_stage("teacher", digest, tmp_path / "pipeline" / "teacher.json", work, fresh=True)
+    assert len(calls) == 2
+
+
+def test_results_table_shows_every_model_and_missing_values():
+    from xpl.stages.pipeline import results_markdown
+
+    metrics = {"generalized.novel.mask_AP50": 40.0, "generalized.novel.mask_AP": 20.0,
+               "generalized.base.mask_AP50": None}
+    results = {"models": {"teacher": metrics, "student": {}},
+               "pseudo_labels": {"novel": {"precision": 0.5, "recall": 0.25, "instances": 10}},
+               "stages": {"teacher": {"seconds": 12.4, "skipped": True, "mlflow_run_id": "abc"}}}
+    table = results_markdown(results)
+    assert "| teacher | 40.0 / 20.0 | n/a / n/a |" in table and "| student | n/a / n/a |" in table
+    assert "| novel | 50.0 % | 25.0 % | 10 |" in table and "| teacher | 12 (earlier run) | abc |" in table
