@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -106,6 +107,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from xpl.runtime import apply_env_defaults
 
     apply_env_defaults()
+    # DeepSpeed's ZeRO calls a torch.distributed function that torch deprecates, once per step
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     task: Task = config["task"]
     settings: TrainSettings = config["settings"]
     ctx = ray.train.get_context()
