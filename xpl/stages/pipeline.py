@@ -137,14 +137,34 @@ def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
             f"evaluate {model}", stage_digest(cfg, ("data", "text"), records[model].digest),
             out / "pipeline" / f"evaluate-{model}.json", lambda p=path: run_evaluate(cfg, checkpoint=p), fresh)
     results = summarize(records, resolve_tracking_uri(cfg.tracking.uri))
+    results["pictures"] = showcase(cfg, records["student"].result["model"], out / "showcase")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = results_markdown(results)
     (out / "results.md").write_text(table)
     print(f"\n{table}\n[pipeline] results: {out / 'results.md'}, {out / 'results.json'}", flush=True)
     print(f"[pipeline] pseudo-label gallery: {Path(cfg.pseudolabel.output) / 'report' / 'gallery.html'}\n"
+          f"[pipeline] the robust student on val images, asked for the novel classes only: {results['pictures']}\n"
           f"[pipeline] MLflow UI: mlflow ui --backend-store-uri {results['mlflow']} (then http://127.0.0.1:5000)",
           flush=True)
     return results
+
+
+def showcase(cfg: DictConfig, model: str, out: Path, images: int = 6) -> str:
+    """Pictures of `model` on the first val images that hold novel objects, asked for the novel names only
+    (what a user does with `xpl segment`); returns the folder."""
+    from xpl.segment import segment
+    from xpl.vocab import Vocabulary
+
+    novel = Vocabulary.load(cfg.data.vocab).split("novel")
+    gt = json.loads(Path(cfg.data.val_json).read_text())
+    with_novel = {a["image_id"] for a in gt["annotations"] if a["category_id"] in {c.id for c in novel}}
+    chosen = [i["file_name"] for i in gt["images"] if i["id"] in with_novel][:images]
+    inputs = out / "images"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for name in chosen:
+        shutil.copyfile(Path(cfg.data.val_images) / name, inputs / Path(name).name)
+    segment(inputs, [c.name for c in novel], model, out / "student", text_model=cfg.text.model)
+    return str(out / "student")
 
 
 def summarize(records: dict[str, StageRecord], tracking_uri: str) -> dict[str, Any]:
