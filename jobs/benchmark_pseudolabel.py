@@ -196,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     teacher = Path(pl.teacher)
     if not teacher.is_file():
         from xpl.model.checkpoint import export_model
-        from xpl.stages.common import build_detector
+        from xpl.model.detector import OpenVocabMaskRCNN
 
         torch.manual_seed(0)
-        export_model(build_detector(cfg.model, TextEncoder(cfg.text.model).dim), teacher)
+        export_model(OpenVocabMaskRCNN.from_config(cfg.model, TextEncoder(cfg.text.model).dim), teacher)
         print(f"exported a freshly initialised teacher to {teacher}")
     vocab = Vocabulary.load(cfg.data.vocab)
     shards = manifest.plan_shards(expand_urls(pl.input))

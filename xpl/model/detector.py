@@ -9,7 +9,7 @@ with `set_class_embeddings` (any C) before classifying.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torchvision.models.detection import MaskRCNN
@@ -164,6 +164,12 @@ class OpenVocabMaskRCNN(MaskRCNN):
     def v2l(self) -> V2L:
         """The vision-to-language projection (lives in the box predictor)."""
         return self.roi_heads.box_predictor.v2l
+
+    @classmethod
+    def from_config(cls, model_cfg: Mapping[str, Any], embed_dim: int) -> "OpenVocabMaskRCNN":
+        """The detector from the `model` config section (its keys are this class's keywords) and the text
+        encoder's embedding size."""
+        return cls(embed_dim=embed_dim, **dict(model_cfg))
 
     @property
     def class_embeddings(self) -> torch.Tensor:

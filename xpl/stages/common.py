@@ -12,7 +12,6 @@ from typing import Any, Iterator, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from xpl.config import from_dict, to_dict, to_yaml
-from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.tracking import log_config, resolve_tracking_uri, stage_run
 from xpl.train.engine import TrainSettings
 from xpl.vocab import Vocabulary
@@ -33,11 +32,6 @@ class ConfigTask:
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: (None if k.startswith("_") else v) for k, v in self.__dict__.items() if k != "cfg"}
-
-
-def build_detector(model_cfg: Mapping[str, Any], embed_dim: int) -> OpenVocabMaskRCNN:
-    """The open-vocabulary Mask R-CNN from the `model` config section (detectron2's `from_config`)."""
-    return OpenVocabMaskRCNN(embed_dim=embed_dim, **dict(model_cfg))
 
 
 def warn_untrained_backbone(cfg: DictConfig) -> Optional[str]:

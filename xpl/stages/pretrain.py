@@ -12,9 +12,10 @@ from omegaconf import DictConfig
 from xpl.config import to_dict
 from xpl.data.sampling import caption_batches
 from xpl.model.checkpoint import export_model
+from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import grounding_loss
 from xpl.model.objectives import GridGrounding
-from xpl.stages.common import (ConfigTask, build_detector, evaluate_grounding, log_stage_summary, stage_dir,
+from xpl.stages.common import (ConfigTask, evaluate_grounding, log_stage_summary, stage_dir,
                                train_settings, warn_untrained_backbone)
 from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
@@ -37,7 +38,7 @@ class PretrainTask(ConfigTask):
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        return GridGrounding(build_detector(cfg.model, self.encoder().dim), cfg.pretrain.grid, cfg.pretrain.max_cells)
+        return GridGrounding(OpenVocabMaskRCNN.from_config(cfg.model, self.encoder().dim), cfg.pretrain.grid, cfg.pretrain.max_cells)
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg = self.cfg

@@ -20,8 +20,9 @@ from xpl.data.coco import CocoInstances
 from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import XPLError
 from xpl.model.checkpoint import export_model, load_pretrained_parts
+from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.objectives import DetectionWithCaptions
-from xpl.stages.common import (ConfigTask, base_categories, build_detector, evaluate_base, evaluate_grounding,
+from xpl.stages.common import (ConfigTask, base_categories, evaluate_base, evaluate_grounding,
                                log_stage_summary, stage_dir, train_settings, warn_untrained_backbone)
 from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
@@ -63,7 +64,7 @@ class TeacherTask(ConfigTask):
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        model = build_detector(cfg.model, self.encoder().dim)
+        model = OpenVocabMaskRCNN.from_config(cfg.model, self.encoder().dim)
         if cfg.teacher.init:
             load_pretrained_parts(model, cfg.teacher.init, allow_missing=FRESH_PARTS)
         model.set_class_embeddings(self.encoder().embed(base_categories(cfg)[1]))
