@@ -131,6 +131,7 @@ def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
         parent = records[upstream[name]].digest if upstream[name] else ""
         digest = stage_digest(stage_cfg, SECTIONS[name], parent)
         records[name] = run_stage(name, digest, out / "pipeline" / f"{name}.json", run, fresh)
+    _disconnect_ray()
     for model in MODELS:
         path = records[model].result["model"]
         records[f"evaluate/{model}"] = run_stage(
@@ -165,6 +166,15 @@ def showcase(cfg: DictConfig, model: str, out: Path, images: int = 6) -> str:
         shutil.copyfile(Path(cfg.data.val_images) / name, inputs / Path(name).name)
     segment(inputs, [c.name for c in novel], model, out / "student", text_model=cfg.text.model)
     return str(out / "student")
+
+
+def _disconnect_ray() -> None:
+    """The Ray work is done (evaluation runs in this process): leave Ray so that worker logs still in flight
+    end here, before the evaluation tables, instead of after the results."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def summarize(records: dict[str, StageRecord], tracking_uri: str) -> dict[str, Any]:
