@@ -211,3 +211,22 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(shapes_world, pseudo_s
     assert resumed[0] == 0 and any(0 < v < steps and v % 3 == 0 for v in resumed[1:])
     print(f"worker pid {killed['pid']} killed {killed['at'] - start:.0f} s in; resumed from steps {resumed[1:]}; "
           f"{steps} steps done {time.monotonic() - start:.0f} s after the start")
+
+
+def test_sigma_head_learns_at_its_own_rate(tmp_path):
+    from xpl.config import to_dict
+    from xpl.model.detector import OpenVocabMaskRCNN
+    from xpl.model.student import RobustStudent
+    from xpl.stages.student import StudentTask
+
+    detector = OpenVocabMaskRCNN(embed_dim=8, image_size=64)
+    detector.set_class_embeddings(torch.nn.functional.normalize(torch.randn(3, 8), dim=1))
+    detector.freeze_v2l()
+    student = RobustStudent(detector, base_labels=[1])
+    task = StudentTask(to_dict(load_config(None, [f"output_dir={tmp_path}", "student.sigma_lr_scale=10"])))
+    rest, sigma = task.param_groups(student, 0.01)
+    assert sigma["lr"] == pytest.approx(0.1) and rest["lr"] == 0.01
+    assert {id(p) for p in sigma["params"]} == {id(p) for p in student.sigma_head.parameters()}
+    trainable = {id(p) for p in student.parameters() if p.requires_grad}
+    assert {id(p) for p in rest["params"]} | {id(p) for p in sigma["params"]} == trainable
+    assert not {id(p) for p in rest["params"]} & {id(p) for p in sigma["params"]}

@@ -187,6 +187,7 @@ class StudentConfig:
     samples: int = 5
     c: float = 1.0
     sigma0: float = 1.0
+    sigma_lr_scale: float = 1.0  # the sigma head's learning rate over the detector's
     sigma_freeze_step: int = 1_000_000_000
     max_positives: int = 16  # positive RoIs per pseudo-labeled image
     pseudo_box_loss: bool = False

@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xpl.config import from_dict, to_dict, to_yaml
@@ -29,6 +30,10 @@ class ConfigTask:
     @cached_property
     def cfg(self) -> DictConfig:
         return from_dict(self.config)
+
+    def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+        """One group: every trainable parameter at the stage's learning rate."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: (None if k.startswith("_") else v) for k, v in self.__dict__.items() if k != "cfg"}

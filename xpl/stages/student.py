@@ -106,6 +106,14 @@ class StudentTask(ConfigTask):
         total = sum(losses.values())
         return total, {**{k: float(v.item()) for k, v in losses.items()}, **stats}, len(gt) + len(pseudo)
 
+    def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+        """The sigma head learns at `student.sigma_lr_scale` times the detector's rate: one shared 1x1 conv
+        must move log sigma^2 by several units within a short schedule."""
+        sigma = [p for p in model.sigma_head.parameters() if p.requires_grad]
+        ids = {id(p) for p in sigma}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": sigma, "lr": lr * self.cfg.student.sigma_lr_scale}]
+
     def export(self, model: torch.nn.Module, path: Path) -> None:
         export_model(model.detector, path)
 

@@ -54,6 +54,10 @@ class Task(Protocol):
         """Write the trained model as a plain file the next stage loads."""
         ...
 
+    def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (trainable parameters only), each with its learning rate."""
+        ...
+
 
 @dataclass
 class TrainSettings(TrainConfig):
@@ -121,8 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     precision = resolved_precision(settings)
     model = task.build_model().to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(task.param_groups(model, settings.lr), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
     if settings.backend == "ddp":
         scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.steps)
         engine = DDPEngine(model, optimizer, scheduler, settings.grad_clip, task.unused_parameters)
