@@ -182,15 +182,19 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(shapes_world, pseudo_s
 
     steps = 30
     cfg = student_config(shapes_world, pseudo_shards, random_teacher, tmp_path, f"student.train.steps={steps}",
-                         "student.train.checkpoint_every=3", "student.train.max_failures=2", "student.mode=plain")
+                         "student.train.checkpoint_every=3", "student.train.max_failures=2", "student.mode=plain",
+                         "student.sigma_lr_scale=10")
     storage = Path(cfg.student.train.storage_path)
     killed: dict[str, float] = {}
 
     def kill_after_first_checkpoint() -> None:
+        """Kill once a second checkpoint folder exists (plus a moment): by then the controller has taken the
+        first report, so the run must resume from a checkpoint, not from step 0."""
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed:
             workers = _train_workers()
-            if len(workers) == 2 and any(storage.rglob("checkpoint_*")):
+            if len(workers) == 2 and len(list(storage.rglob("checkpoint_*"))) >= 2:
+                time.sleep(2)
                 os.kill(workers[1].pid, signal.SIGKILL)
                 killed.update(pid=workers[1].pid, at=time.monotonic())
             time.sleep(0.5)
