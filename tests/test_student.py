@@ -18,8 +18,8 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
+from stage_runs import stage_runs
 from xpl.config import load_config
 from xpl.data import rle
 from xpl.data.captions import expand_urls, iter_caption_samples
@@ -29,7 +29,6 @@ from xpl.data.tar_writer import AtomicTar
 from xpl.errors import DataError, XPLError
 from xpl.pseudo.align import PseudoInstance
 from xpl.pseudo.instances import pseudo_json
-from xpl.tracking import RUN_KEY_TAG
 from xpl.vocab import Vocabulary
 
 
@@ -129,12 +128,6 @@ def test_config_errors_name_the_key(shapes_world, pseudo_shards, random_teacher,
     cfg = student_config(shapes_world, pseudo_shards, tmp_path / "none.pt", tmp_path)
     with pytest.raises(XPLError, match="student.init=.*none.pt: teacher model not found"):
         check_student_config(cfg)
-
-
-def stage_runs(tmp: Path, stage: str):
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    exp = client.get_experiment_by_name("xpl")
-    return client, client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = 'e2e/{stage}'")
 
 
 @pytest.mark.e2e

@@ -3,10 +3,9 @@
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
+from stage_runs import stage_runs
 from xpl.config import load_config
-from xpl.tracking import RUN_KEY_TAG
 
 pytestmark = pytest.mark.e2e
 
@@ -19,12 +18,6 @@ def tiny_config(world: Path, tmp: Path, *overrides: str):
         "pretrain.grid=4", "teacher.train.batch_size=2", "teacher.train.log_every=1",
         "teacher.train.checkpoint_every=2", *overrides,
     ])
-
-
-def runs(tmp: Path, stage: str):
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    exp = client.get_experiment_by_name("xpl")
-    return client, client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = 'e2e/{stage}'")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def test_pretraining_runs_and_logs(pretrained):
     tmp, result = pretrained
     assert Path(result["model"]).is_file()
     assert result["step"] == 3
-    client, found = runs(tmp, "pretrain")
+    client, found = stage_runs(tmp, "pretrain")
     assert len(found) == 1
     history = client.get_metric_history(found[0].info.run_id, "loss_grounding")
     assert [m.step for m in history] == [1, 2, 3]
@@ -57,7 +50,7 @@ def test_teacher_resumes_from_its_checkpoint_in_the_same_run(pretrained, shapes_
     assert first["step"] == 2
     second = run_teacher(tiny_config(shapes_world, tmp, "teacher.train.steps=4"))
     assert second["step"] == 4
-    client, found = runs(tmp, "teacher")
+    client, found = stage_runs(tmp, "teacher")
     assert len(found) == 1, "a re-run must continue the stage's MLflow run"
     run_id = found[0].info.run_id
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "resumed_from_step")] == [(0, 0), (2, 2)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xpl.config import from_dict, to_dict, to_yaml
+from xpl.data.coco import CocoInstances
 from xpl.tracking import log_config, resolve_tracking_uri, stage_run
 from xpl.train.engine import TrainSettings
 from xpl.vocab import Vocabulary
@@ -75,6 +76,22 @@ def evaluate_grounding(cfg: DictConfig, model_path: Path, *, last_map: bool) -> 
                              last_map=last_map)
 
 
+@dataclass
+class BaseImagesTask(ConfigTask):
+    """A training task over the base-annotated train split (teacher, student): the dataset is built once per
+    worker, with annotations of the base classes only."""
+
+    _dataset: Optional[CocoInstances] = field(default=None, repr=False)
+
+    def dataset(self) -> CocoInstances:
+        """`data.train_json` with the base classes' annotations (labels 1..C in vocabulary order)."""
+        if self._dataset is None:
+            cfg = self.cfg
+            self._dataset = CocoInstances(cfg.data.train_json, cfg.data.train_images,
+                                          category_ids=base_categories(cfg)[0])
+        return self._dataset
+
+
 def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
     """Ids and names of the vocabulary's base classes, in vocabulary order (labels 1..C follow it)."""
     base = Vocabulary.load(cfg.data.vocab).split("base")
@@ -83,7 +100,6 @@ def base_categories(cfg: DictConfig) -> tuple[list[int], list[str]]:
 
 def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float]]:
     """Constrained base-class mask AP of an exported model (teacher or student) on the val split."""
-    from xpl.data.coco import CocoInstances
     from xpl.eval.coco_eval import mask_ap, predict_masks
     from xpl.model.checkpoint import load_model
     from xpl.text import TextEncoder

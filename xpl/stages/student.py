@@ -11,7 +11,7 @@ MLflow stage, so a plain and a robust student can share an output_dir.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig
 
 from xpl.config import to_dict
-from xpl.data.coco import CocoInstances
 from xpl.data.corrupt import KINDS, corrupt_instances
 from xpl.data.pseudo_sample import PseudoTargets
 from xpl.data.sampling import caption_batches, rank_batches
@@ -28,7 +27,7 @@ from xpl.errors import DataError, XPLError
 from xpl.model.checkpoint import export_model, load_model
 from xpl.model.robust import MODES
 from xpl.model.student import RobustStudent
-from xpl.stages.common import ConfigTask, base_categories, evaluate_base, log_stage_summary, stage_dir, train_settings
+from xpl.stages.common import BaseImagesTask, evaluate_base, log_stage_summary, stage_dir, train_settings
 from xpl.text import TextEncoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
@@ -54,22 +53,14 @@ def pseudo_target(pseudo: PseudoTargets, key: str, labels: dict[int, int], corru
 
 
 @dataclass
-class StudentTask(ConfigTask):
+class StudentTask(BaseImagesTask):
     """GT branch over base classes + pseudo branch over the vocabulary, in one forward call."""
 
     stage: str = "student"
     unused_parameters: bool = True  # the sigma head gets no gradient once frozen
-    _dataset: CocoInstances | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.stage = self.cfg.student.name
-
-    def dataset(self) -> CocoInstances:
-        if self._dataset is None:
-            cfg = self.cfg
-            self._dataset = CocoInstances(cfg.data.train_json, cfg.data.train_images,
-                                          category_ids=base_categories(cfg)[0])
-        return self._dataset
 
     def build_model(self) -> torch.nn.Module:
         cfg, st = self.cfg, self.cfg.student

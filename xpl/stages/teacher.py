@@ -16,13 +16,12 @@ import torch
 from omegaconf import DictConfig
 
 from xpl.config import to_dict
-from xpl.data.coco import CocoInstances
 from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import XPLError
 from xpl.model.checkpoint import export_model, load_pretrained_parts
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.objectives import DetectionWithCaptions
-from xpl.stages.common import (ConfigTask, base_categories, evaluate_base, evaluate_grounding,
+from xpl.stages.common import (BaseImagesTask, base_categories, evaluate_base, evaluate_grounding,
                                log_stage_summary, stage_dir, train_settings, warn_untrained_backbone)
 from xpl.text import TextEncoder, caption_tokens
 from xpl.train.engine import fit
@@ -34,21 +33,13 @@ FRESH_PARTS = ("rpn.", "roi_heads.box_predictor.bbox_pred.", "roi_heads.mask_hea
 
 
 @dataclass
-class TeacherTask(ConfigTask):
+class TeacherTask(BaseImagesTask):
     """Mask R-CNN losses over base classes; classifier = V2L against base-class name embeddings;
     plus caption grounding over candidate regions when `teacher.grounding_weight` > 0."""
 
     stage: str = STAGE
     unused_parameters: bool = False
-    _dataset: CocoInstances | None = field(default=None, repr=False)
     _encoder: TextEncoder | None = field(default=None, repr=False)
-
-    def dataset(self) -> CocoInstances:
-        if self._dataset is None:
-            cfg = self.cfg
-            self._dataset = CocoInstances(cfg.data.train_json, cfg.data.train_images,
-                                          category_ids=base_categories(cfg)[0])
-        return self._dataset
 
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
