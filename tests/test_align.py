@@ -1,6 +1,7 @@
 """Cross-modal alignment on constructed tensors with known answers."""
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from xpl.pseudo.align import (
     Word,
     align_image,
     best_regions,
+    border_touch,
     build_instances,
+    expand_boxes,
     paste_masks,
     select_regions,
     unique_words,
@@ -28,6 +31,8 @@ class FakeRegions:  # the teacher's output format: plain tensors, no model invol
     embeddings: torch.Tensor
     scores: torch.Tensor
     mask_probs: torch.Tensor
+    image_size: tuple[int, int] = (40, 50)
+    masks_in: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 def unit(*values: float) -> torch.Tensor:
@@ -143,3 +148,68 @@ def test_selection_travels_as_bytes_and_builds_the_same_instances():
     below = select_regions(words, regions_two_boxes(), score_threshold=10.0)
     assert below.words == [] and build_instances(Selection.from_bytes(below.to_bytes()), height=4, width=4).reason == (
         BELOW_THRESHOLD)
+
+
+def test_expand_boxes_about_the_centre_and_clipped():
+    boxes = torch.tensor([[10.0, 10.0, 20.0, 30.0], [0.0, 0.0, 10.0, 10.0]])
+    grown = expand_boxes(boxes, 1.5, height=40, width=50)
+    assert grown.tolist() == [[7.5, 5.0, 22.5, 35.0], [0.0, 0.0, 12.5, 12.5]]
+
+
+def test_border_touch_counts_set_border_cells_away_from_the_image_edge():
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, 1:3, 1:3] = True  # inside: touches nothing
+    masks[1, :, 0] = True  # the whole left column
+    inner = torch.tensor([[5.0, 5.0, 15.0, 15.0], [5.0, 5.0, 15.0, 15.0]])
+    # 4 cells on the left side plus a corner on the top and on the bottom side, of 4 x 4 side cells
+    assert border_touch(masks, inner, 40, 50).tolist() == [0.0, 6 / 16]
+    on_left_edge = torch.tensor([[0.0, 5.0, 15.0, 15.0]])
+    # the image cuts it on the left: only the top and bottom sides' corner cells count, 2 of 12
+    assert border_touch(masks[1:], on_left_edge, 40, 50).tolist() == [pytest.approx(2 / 12)]
+    everywhere = torch.tensor([[0.0, 0.0, 50.0, 40.0]])
+    assert border_touch(torch.ones(1, 4, 4, dtype=torch.bool), everywhere, 40, 50).tolist() == [0.0]
+
+
+def object_mask_head(obj: tuple[float, float, float, float], size: int = 14) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A mask head that knows one square object: probability 0.9 on its pixels inside each box."""
+
+    def masks_in(boxes: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(boxes), size, size)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+            xs = x0 + (torch.arange(size) + 0.5) * (x1 - x0) / size
+            ys = y0 + (torch.arange(size) + 0.5) * (y1 - y0) / size
+            inside_x = (xs >= obj[0]) & (xs < obj[2])
+            inside_y = (ys >= obj[1]) & (ys < obj[3])
+            out[k] = 0.9 * (inside_y[:, None] & inside_x[None, :]).float()
+        return out
+
+    return masks_in
+
+
+def test_a_part_box_grows_until_its_mask_fits_and_the_box_becomes_the_mask_box():
+    head = object_mask_head((10.0, 10.0, 30.0, 30.0))
+    part = torch.tensor([[14.0, 14.0, 26.0, 26.0]])  # the middle of the object: its mask fills the box
+    regions = FakeRegions(part, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), head(part),
+                          image_size=(40, 50), masks_in=head)
+    words = [Word(7, "moon", "moon", unit(1, 0, 0))]
+    plain = select_regions(words, regions)
+    assert plain.boxes.tolist() == [[14.0, 14.0, 26.0, 26.0]] and not plain.tight_boxes
+    grown = select_regions(words, regions, grow=(1.25, 1.5, 2.0))
+    assert grown.boxes.tolist() == [[8.0, 8.0, 32.0, 32.0]] and grown.tight_boxes  # 1.25 still touches
+    again = Selection.from_bytes(grown.to_bytes())
+    assert again.tight_boxes
+    inst = build_instances(again, height=40, width=50).instances[0]
+    assert inst.box == pytest.approx((10.0, 10.0, 30.0, 30.0), abs=1.0)
+    grown_box = align_image(words, regions, height=40, width=50, grow=(1.25, 1.5, 2.0)).instances[0].box
+    assert grown_box == inst.box
+    short = select_regions(words, regions, grow=(1.25,))
+    assert short.boxes.tolist() == [[12.5, 12.5, 27.5, 27.5]]  # none fits: the largest factor
+
+
+def test_a_box_whose_mask_fits_keeps_its_size():
+    head = object_mask_head((10.0, 10.0, 30.0, 30.0))
+    whole = torch.tensor([[8.0, 8.0, 32.0, 32.0]])
+    regions = FakeRegions(whole, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), head(whole),
+                          image_size=(40, 50), masks_in=head)
+    grown = select_regions([Word(7, "moon", "moon", unit(1, 0, 0))], regions, grow=(1.5,))
+    assert grown.boxes.tolist() == [[8.0, 8.0, 32.0, 32.0]] and grown.tight_boxes

@@ -157,6 +157,10 @@ class PseudoLabelConfig:
     score_threshold: Optional[float] = None
     cosine: bool = False  # align with cosine (L2-normalised v_r) instead of the dot product
     mask_threshold: float = 0.5
+    # Grow a chosen box by these factors in turn until its mask touches at most `grow_touch` of the box's
+    # border (a base-trained teacher points novel words at parts of objects); [] keeps the paper's boxes.
+    grow: list[float] = field(default_factory=list)
+    grow_touch: float = 0.05
     max_pixels: int = 40_000_000
     visualize: int = 8
 

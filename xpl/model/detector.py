@@ -9,7 +9,7 @@ with `set_class_embeddings` (any C) before classifying.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torchvision.models.detection import MaskRCNN
@@ -37,7 +37,9 @@ class Regions:
     the proposal each box was refined from (vocabulary-free, unlike
     1 - p(background), which depends on the class list). mask_probs: [R, M, M]
     class-agnostic mask probabilities inside each box, not pasted.
-    image_size: (H, W) of the original image.
+    image_size: (H, W) of the original image. masks_in: the mask head on other
+    boxes of this image ([K, 4] original pixels -> [K, M, M] probabilities),
+    e.g. a chosen box grown until its object fits (`xpl.pseudo.align.grow_selection`).
     """
 
     boxes: torch.Tensor
@@ -45,6 +47,7 @@ class Regions:
     scores: torch.Tensor
     mask_probs: torch.Tensor
     image_size: tuple[int, int]
+    masks_in: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 def grid_boxes(height: int, width: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
@@ -339,8 +342,20 @@ class OpenVocabMaskRCNN(MaskRCNN):
         mask_probs = heads.mask_logits(features, boxes, sizes).float().sigmoid()[:, 0]
         counts = [len(b) for b in boxes]
         return [
-            Regions(resize_boxes(b, size, orig), e, s, m, orig)
-            for b, e, s, m, size, orig in zip(
+            Regions(resize_boxes(b, size, orig), e, s, m, orig, self._mask_head_on(features, i, size, orig))
+            for i, (b, e, s, m, size, orig) in enumerate(zip(
                 boxes, embeddings.split(counts), scores, mask_probs.split(counts), sizes, original_sizes
-            )
+            ))
         ]
+
+    def _mask_head_on(self, features: dict[str, torch.Tensor], index: int, size: tuple[int, int],
+                      original: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The mask head on image `index`'s features, for boxes in its original pixels."""
+        own = {name: level[index:index + 1] for name, level in features.items()}
+
+        @torch.no_grad()
+        def masks_in(boxes: torch.Tensor) -> torch.Tensor:
+            scaled = resize_boxes(boxes.to(next(iter(own.values())).device).float(), original, size)
+            return self.roi_heads.mask_logits(own, [scaled], [size]).float().sigmoid()[:, 0]
+
+        return masks_in

@@ -6,6 +6,14 @@ keeps its best region `argmax_r s_rw` (top-1), if that score reaches the optiona
 teacher's class-agnostic mask probabilities of the chosen box are pasted into the image and
 binarised (>= `mask_threshold`, 0.5 by default) into the pseudo mask.
 
+Box growth (optional, `grow` factors): a base-trained teacher often points a novel word at a part of
+its object (half a crescent, an arrow's head), as a region of the whole object was background in its
+training. The mask head knows better: a mask cut off by its box's border means the object goes on.
+So the chosen box is enlarged by each factor in turn and the first enlargement whose mask no longer
+touches the box's border (`border_touch` <= `grow_touch`) is kept; the instance's box is then its
+mask's tight box. On the shapes world's caption shards this raised the teacher's novel box
+precision from 0.51 to 0.60 at unchanged base precision (README, recipe log).
+
 A caption that names a class twice ("a circle and another circle") gives one word per class: the
 embedding is the class name's, so both mentions would pick the same region.
 
@@ -20,11 +28,12 @@ import dataclasses
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import masks_to_boxes
 
 from xpl.data import rle
 
@@ -51,6 +60,8 @@ class RegionsLike(Protocol):
     embeddings: torch.Tensor  # [R, D] V2L region embeddings v_r
     scores: torch.Tensor  # [R] objectness of each region
     mask_probs: torch.Tensor  # [R, M, M] box-relative mask probabilities, not pasted
+    image_size: tuple[int, int]  # (H, W) of the image the teacher saw
+    masks_in: Optional[Callable[[torch.Tensor], torch.Tensor]]  # [K, 4] boxes -> [K, M, M] probabilities
 
 
 @dataclass(frozen=True)
@@ -142,10 +153,11 @@ class Selection:
     mask_probs: np.ndarray  # [K, M, M] box-relative mask probabilities
     region_scores: np.ndarray  # [K] objectness
     reason: Optional[str] = None  # why K == 0
+    tight_boxes: bool = False  # the instance box is its mask's tight box (grown selections)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        head = json.dumps({"words": self.words, "reason": self.reason}).encode()
+        head = json.dumps({"words": self.words, "reason": self.reason, "tight_boxes": self.tight_boxes}).encode()
         np.savez(buf, head=np.frombuffer(head, dtype=np.uint8), scores=self.scores, boxes=self.boxes,
                  mask_probs=self.mask_probs, region_scores=self.region_scores)
         return buf.getvalue()
@@ -155,13 +167,66 @@ class Selection:
         with np.load(io.BytesIO(data)) as z:
             head = json.loads(z["head"].tobytes())
             words = [(int(c), str(n), str(p)) for c, n, p in head["words"]]
-            return cls(words, z["scores"], z["boxes"], z["mask_probs"], z["region_scores"], head["reason"])
+            return cls(words, z["scores"], z["boxes"], z["mask_probs"], z["region_scores"], head["reason"],
+                       bool(head.get("tight_boxes", False)))
+
+
+def expand_boxes(boxes: torch.Tensor, factor: float, height: int, width: int) -> torch.Tensor:
+    """[K, 4] xyxy boxes scaled by `factor` about their centres, clipped to the image."""
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
+    grown = torch.cat([centre - half, centre + half], dim=1)
+    grown[:, 0::2] = grown[:, 0::2].clamp(0, width)
+    grown[:, 1::2] = grown[:, 1::2].clamp(0, height)
+    return grown
+
+
+def border_touch(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[K] share of the border cells of each box-relative [M, M] binary mask that are set (per side,
+    so a corner counts for both of its sides).
+
+    Sides lying on the image's edge are left out (an object cut by the image cannot grow there);
+    a box on the edge at all four sides touches nothing.
+    """
+    sides = [
+        (masks[:, :, 0], boxes[:, 0] > 0),
+        (masks[:, 0, :], boxes[:, 1] > 0),
+        (masks[:, :, -1], boxes[:, 2] < width),
+        (masks[:, -1, :], boxes[:, 3] < height),
+    ]
+    hits = sum(side.float().sum(dim=1) * inner for side, inner in sides)
+    cells = sum(side.shape[1] * inner.float() for side, inner in sides)
+    return hits / cells.clamp_min(1)
+
+
+def grow_selection(selection: Selection, regions: RegionsLike, factors: Sequence[float], *,
+                   touch: float = 0.05, mask_threshold: float = 0.5) -> Selection:
+    """Each chosen box enlarged by the first of 1, *`factors` whose mask touches at most `touch` of its
+    border (the last factor when none does), with the mask head's probabilities in the new box."""
+    if not selection.words or not factors or regions.masks_in is None:
+        return selection
+    height, width = regions.image_size
+    boxes = torch.from_numpy(selection.boxes).float()
+    candidates = [boxes] + [expand_boxes(boxes, f, height, width) for f in factors]
+    probs = [torch.from_numpy(selection.mask_probs).float()]
+    probs += list(regions.masks_in(torch.cat(candidates[1:])).cpu().split(len(boxes)))
+    chosen = torch.full((len(boxes),), len(candidates) - 1)
+    for step in reversed(range(len(candidates))):
+        fits = border_touch(probs[step] >= mask_threshold, candidates[step], height, width) <= touch
+        chosen = torch.where(fits, torch.full_like(chosen, step), chosen)
+    pick = torch.arange(len(boxes))
+    grown_boxes = torch.stack(candidates)[chosen, pick]
+    grown_probs = torch.stack(probs)[chosen, pick]
+    return dataclasses.replace(selection, boxes=grown_boxes.numpy(), mask_probs=grown_probs.numpy(),
+                               tight_boxes=True)
 
 
 def select_regions(
-    words: Sequence[Word], regions: RegionsLike, *, score_threshold: Optional[float] = None, cosine: bool = False
+    words: Sequence[Word], regions: RegionsLike, *, score_threshold: Optional[float] = None, cosine: bool = False,
+    grow: Sequence[float] = (), grow_touch: float = 0.05, mask_threshold: float = 0.5,
 ) -> Selection:
-    """Top-1 region per (class-unique) word; words below the threshold are dropped."""
+    """Top-1 region per (class-unique) word; words below the threshold are dropped; the chosen boxes
+    grown by `grow_selection` when `grow` factors are given."""
     words = unique_words(words)
     mask_size = tuple(regions.mask_probs.shape[1:]) or (0, 0)
     empty = Selection([], np.zeros(0, np.float32), np.zeros((0, 4), np.float32),
@@ -175,13 +240,14 @@ def select_regions(
     if not keep:
         return dataclasses.replace(empty, reason=BELOW_THRESHOLD)
     picks = index[keep].to(regions.boxes.device)
-    return Selection(
+    selection = Selection(
         words=[(words[k].category_id, words[k].name, words[k].phrase) for k in keep],
         scores=score[keep].numpy().astype(np.float32),
         boxes=regions.boxes[picks].float().cpu().numpy(),
         mask_probs=regions.mask_probs[picks].float().cpu().numpy(),
         region_scores=regions.scores[picks].float().cpu().numpy(),
     )
+    return grow_selection(selection, regions, grow, touch=grow_touch, mask_threshold=mask_threshold)
 
 
 def build_instances(
@@ -192,6 +258,7 @@ def build_instances(
     `box_scale` maps the teacher's box coordinates to original pixels (original / teacher input,
     for an image resized before the teacher). The mask score is the mean mask probability over
     the binarised mask. A word whose pasted mask is empty after binarisation gives no instance.
+    The instance box is the selection's box, or the mask's tight box for a grown selection.
     """
     if not selection.words:
         return Alignment([], selection.reason or BELOW_THRESHOLD)
@@ -206,6 +273,8 @@ def build_instances(
         mask = prob >= mask_threshold
         if not bool(mask.any()):
             continue
+        if selection.tight_boxes:
+            box = masks_to_boxes(mask[None])[0].add(torch.tensor([0.0, 0.0, 1.0, 1.0])).tolist()
         instances.append(
             PseudoInstance(
                 category_id=int(category_id),
@@ -231,7 +300,10 @@ def align_image(
     score_threshold: Optional[float] = None,
     mask_threshold: float = 0.5,
     cosine: bool = False,
+    grow: Sequence[float] = (),
+    grow_touch: float = 0.05,
 ) -> Alignment:
     """Pseudo instances for one image of `height` x `width` original pixels (select, then build)."""
-    selection = select_regions(words, regions, score_threshold=score_threshold, cosine=cosine)
+    selection = select_regions(words, regions, score_threshold=score_threshold, cosine=cosine, grow=grow,
+                               grow_touch=grow_touch, mask_threshold=mask_threshold)
     return build_instances(selection, height=height, width=width, box_scale=box_scale, mask_threshold=mask_threshold)

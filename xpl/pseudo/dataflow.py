@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import ray
@@ -52,12 +52,15 @@ class Settings:
     score_threshold: Optional[float]
     mask_threshold: float
     cosine: bool
+    grow: Sequence[float]
+    grow_touch: float
     block_rows: int = 32  # rows per block the shard reader hands Ray Data
 
     @classmethod
     def from_config(cls, pl: Any) -> "Settings":
         values = {name: pl[name] for name in cls.__dataclass_fields__ if name in pl}
         values["actor_resources"] = dict(values.get("actor_resources") or {})
+        values["grow"] = tuple(float(f) for f in values.get("grow") or ())
         return cls(**values)
 
     @property
@@ -96,6 +99,7 @@ def build_dataset(
         fn_constructor_kwargs={
             "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
             "score_threshold": settings.score_threshold, "cosine": settings.cosine,
+            "grow": list(settings.grow), "grow_touch": settings.grow_touch, "mask_threshold": settings.mask_threshold,
             "threads": settings.torch_threads, "use_gpu": settings.num_gpus_per_actor > 0,
         },
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,9 @@ class Teacher:
         class_embeddings: np.ndarray,
         score_threshold: Optional[float] = None,
         cosine: bool = False,
+        grow: Sequence[float] = (),
+        grow_touch: float = 0.05,
+        mask_threshold: float = 0.5,
         threads: int = 0,
         use_gpu: bool = False,
     ) -> None:
@@ -51,6 +54,7 @@ class Teacher:
                           for cid, e in zip(class_ids, class_embeddings)}
         self.score_threshold = score_threshold
         self.cosine = cosine
+        self.grow = {"grow": tuple(grow), "grow_touch": grow_touch, "mask_threshold": mask_threshold}
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def _image(self, pixels: bytes, height: int, width: int) -> torch.Tensor:
@@ -68,7 +72,8 @@ class Teacher:
             for row, reg in zip(rows, regions):
                 words = [Word(w["category_id"], w["name"], w["phrase"], self.embedding[w["category_id"]])
                          for w in json.loads(row["words"])]
-                selections.append(select_regions(words, reg, score_threshold=self.score_threshold, cosine=self.cosine))
+                selections.append(select_regions(words, reg, score_threshold=self.score_threshold, cosine=self.cosine,
+                                                 **self.grow))
         end = time.time()
         per_row = (time.perf_counter() - start) / len(rows)
         cpu_per_row = (time.thread_time() - cpu) / len(rows)
