@@ -57,6 +57,31 @@ def test_a_stage_done_with_the_same_config_is_skipped_and_a_changed_one_reruns(t
     assert len(calls) == 2
 
 
+def test_a_stage_resumes_its_own_interrupted_work_and_never_another_configs(tmp_path):
+    from xpl.stages.pipeline import run_stage
+
+    marker, checkpoints = tmp_path / "pipeline" / "student.json", tmp_path / "ray_results" / "shapes-student"
+    seen = []
+
+    def interrupted() -> dict:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / "step_100").write_text("weights")
+        raise KeyboardInterrupt
+
+    def work() -> dict:
+        seen.append(sorted(p.name for p in checkpoints.iterdir()) if checkpoints.exists() else None)
+        return {"model": "m.pt"}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("student", "digest-a", marker, interrupted, fresh=False, outputs=[checkpoints])
+    run_stage("student", "digest-a", marker, work, fresh=False, outputs=[checkpoints])
+    assert seen == [["step_100"]]  # the same config resumes from its checkpoint
+    checkpoints.mkdir(exist_ok=True)
+    (checkpoints / "step_200").write_text("weights")
+    run_stage("student", "digest-b", marker, work, fresh=False, outputs=[checkpoints])
+    assert seen[-1] is None  # another config's checkpoints were removed before the run
+
+
 def test_results_table_shows_every_model_and_missing_values():
     from xpl.stages.pipeline import results_markdown
 

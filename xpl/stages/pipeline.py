@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,21 +85,38 @@ class StageRecord:
     skipped: bool = False
 
 
-def run_stage(name: str, digest: str, marker: Path, work: Callable[[], dict[str, Any]], fresh: bool) -> StageRecord:
-    """Run `work` unless `marker` records a finished run with the same digest (then reuse its result)."""
+def run_stage(name: str, digest: str, marker: Path, work: Callable[[], dict[str, Any]], fresh: bool,
+              outputs: Sequence[Path] = ()) -> StageRecord:
+    """Run `work` unless `marker` records a finished run with the same digest (then reuse its result).
+
+    A stage resumes what an interrupted run of the same digest left in `outputs` (checkpoints, finished
+    shards); what a run of another config (or an unrecorded one) left there is removed first, so it never
+    resumes from or reuses work of another config. `<marker>.started` records the digest being worked on.
+    """
     if not fresh and marker.is_file():
         done = json.loads(marker.read_text())
         if done.get("digest") == digest:
             print(f"[pipeline] {name}: done earlier with the same config, skipped ({marker})", flush=True)
             return StageRecord(digest, done["result"], done["seconds"], skipped=True)
+    started = marker.with_suffix(".started")
+    if not started.is_file() or json.loads(started.read_text()).get("digest") != digest:
+        for path in (p for p in outputs if p.exists()):
+            print(f"[pipeline] {name}: removing {path} (made with another config)", flush=True)
+            shutil.rmtree(path)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    started.write_text(json.dumps({"digest": digest}))
     print(f"[pipeline] {name} ...", flush=True)
     tic = time.perf_counter()
     result = work()
     record = StageRecord(digest, json.loads(json.dumps(result, default=str)), time.perf_counter() - tic)
-    marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(asdict(record), indent=1))
     print(f"[pipeline] {name} done in {record.seconds:.0f} s", flush=True)
     return record
+
+
+def _training_outputs(cfg: DictConfig, section: str, name: str) -> list[Path]:
+    """A training stage's model folder and its Ray Train run folder (checkpoints it would resume from)."""
+    return [Path(cfg.output_dir) / name, Path(cfg[section].train.storage_path) / f"{cfg.run_name}-{name}"]
 
 
 def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
@@ -125,12 +142,17 @@ def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
         "student_plain": lambda: run_student(plain)}
     upstream = {"pretrain": "", "teacher": "pretrain", "pseudolabel": "teacher", "student": "pseudolabel",
                 "student_plain": "pseudolabel"}
+    outputs = {"pretrain": _training_outputs(cfg, "pretrain", "pretrain"),
+               "teacher": _training_outputs(cfg, "teacher", "teacher"),
+               "pseudolabel": [Path(cfg.pseudolabel.output)],
+               "student": _training_outputs(cfg, "student", cfg.student.name),
+               "student_plain": _training_outputs(plain, "student", plain.student.name)}
     records: dict[str, StageRecord] = {}
     for name, run in work.items():
         stage_cfg = plain if name == "student_plain" else cfg
         parent = records[upstream[name]].digest if upstream[name] else ""
         digest = stage_digest(stage_cfg, SECTIONS[name], parent)
-        records[name] = run_stage(name, digest, out / "pipeline" / f"{name}.json", run, fresh)
+        records[name] = run_stage(name, digest, out / "pipeline" / f"{name}.json", run, fresh, outputs[name])
     _disconnect_ray()
     for model in MODELS:
         path = records[model].result["model"]
