@@ -50,3 +50,16 @@ def test_sum_and_count_parts_become_a_ratio_over_the_window():
     meter.add(1.0, {"sigma.sum": 1.0, "sigma.count": 6.0, "empty.sum": 0.0, "empty.count": 0.0}, 1, 1.0)
     # (3 + 1) / (2 + 6) over the window, not the mean of the steps' ratios (0.79); nothing counted: left out
     assert meter.summary(torch.device("cpu")) == {"loss": 1.0, "sigma": 0.5, "images_per_s": 1.0}
+
+
+def test_phase_clock_times_each_phase_and_their_sum():
+    import time
+
+    from xpl.train.engine import PhaseClock
+
+    clock = PhaseClock(torch.device("cpu"))
+    time.sleep(0.02)
+    clock.lap("data")
+    clock.lap("forward")
+    assert set(clock.ms) == {"ms_data", "ms_forward"} and clock.ms["ms_data"] >= 20
+    assert clock.total * 1000 == pytest.approx(clock.ms["ms_data"] + clock.ms["ms_forward"])

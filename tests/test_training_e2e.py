@@ -39,7 +39,10 @@ def test_pretraining_runs_and_logs(pretrained):
     assert [m.step for m in history] == [1, 2, 3]
     assert all(0 < m.value < 10 for m in history)
     assert found[0].data.params["train.zero_stage"] == "2" and found[0].data.params["train.num_workers"] == "2"
-    assert found[0].data.metrics["images_per_s"] > 0
+    metrics = found[0].data.metrics
+    assert metrics["images_per_s"] > 0 and metrics["setup_s"] > 0
+    assert all(metrics[f"ms_{phase}"] >= 0 for phase in ("data", "forward", "backward", "optimizer"))
+    assert metrics["ms_forward"] > 0 and metrics["ms_backward"] > 0
 
 
 def test_teacher_resumes_from_its_checkpoint_in_the_same_run(pretrained, shapes_world):

@@ -110,6 +110,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from xpl.runtime import apply_env_defaults
 
+    begun = time.perf_counter()
     apply_env_defaults()
     # DeepSpeed's ZeRO calls a torch.distributed function that torch deprecates, once per step
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
@@ -141,21 +142,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # DeepSpeed's bf16 mode casts the weights itself; plain DDP keeps fp32 weights under autocast.
     autocast = precision == "bf16" and settings.backend == "ddp"
     start_step = _restore(engine)
-    logger = _RankZeroLogger(settings, task.stage, rank, start_step, precision)
+    logger = _RankZeroLogger(settings, task.stage, rank, start_step, precision, time.perf_counter() - begun)
     batches = task.batches(rank, world, start_step)
     engine.train()
     meter = WindowMeter()
     last: dict[str, float] = {}
     for step in range(start_step, settings.steps):
-        tic = time.perf_counter()
+        clock = PhaseClock(device)
         batch = next(batches)
+        clock.lap("data")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss, parts, n_images = task.loss(engine, batch, device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{task.stage}: non-finite loss {loss.item()} at step {step}: {parts}")
+        clock.lap("forward")
         engine.backward(loss)
+        clock.lap("backward")
         engine.step()
-        meter.add(float(loss.item()), parts, n_images, time.perf_counter() - tic)
+        clock.lap("optimizer")
+        meter.add(float(loss.item()), {**parts, **clock.ms}, n_images, clock.total)
         done = step + 1
         if done % settings.log_every == 0 or done == settings.steps:
             last = {**meter.summary(device), "lr": scheduler.get_last_lr()[0]}
@@ -165,6 +170,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             _checkpoint(engine, task, done, rank, {**last, "step": done})
     logger.close()
+
+
+class PhaseClock:
+    """Milliseconds of each phase of one step (`ms_<phase>`, logged as window means), so a slow stage shows
+    whether data, forward, backward (with DeepSpeed's gradient reduction) or the optimizer holds it up.
+    On a GPU each lap waits for the device first, so the time lands in the phase that queued the work."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ms, self.total = device, {}, 0.0
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.ms[f"ms_{phase}"] = 1000 * (now - self._last)
+        self.total += now - self._last
+        self._last = now
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -205,7 +228,8 @@ def _checkpoint(engine: Any, task: Task, step: int, rank: int, metrics: dict[str
 class _RankZeroLogger:
     """Per-step log lines everywhere useful; MLflow metrics from rank 0 only, into the stage's run."""
 
-    def __init__(self, settings: TrainSettings, stage: str, rank: int, start_step: int, precision: str) -> None:
+    def __init__(self, settings: TrainSettings, stage: str, rank: int, start_step: int, precision: str,
+                 setup_s: float) -> None:
         self.rank, self.stage, self.steps = rank, stage, settings.steps
         self.mlflow = None
         if rank == 0 and settings.tracking_uri:
@@ -217,10 +241,11 @@ class _RankZeroLogger:
             mlflow.start_run(run_id=run_id)
             log_params_once({f"train.{k}": v for k, v in vars(settings).items() if k != "tracking_uri"}
                             | {"train.resolved_precision": precision})
-            mlflow.log_metric("resumed_from_step", start_step, step=start_step)
+            mlflow.log_metrics({"resumed_from_step": start_step, "setup_s": setup_s}, step=start_step)
             self.mlflow = mlflow
         if rank == 0:
-            print(f"[{stage}] starting at step {start_step}/{settings.steps} ({precision})", flush=True)
+            print(f"[{stage}] starting at step {start_step}/{settings.steps} ({precision}) after {setup_s:.1f} s of "
+                  "set-up (DeepSpeed, model, resume)", flush=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.rank != 0:
