@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from xpl.stages.pipeline import run_pipeline
 
     cfg = _load(args)
-    connect()
+    connect(worker_logs=False)
     run_pipeline(cfg, fresh=args.fresh)
 
 

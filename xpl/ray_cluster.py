@@ -8,6 +8,7 @@ existing cluster, the cluster's setting is left alone.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, MutableMapping
 
@@ -39,19 +40,36 @@ def start_local_ray(**init_kwargs: Any) -> None:
     ray.init(address="local", configure_logging=False, **init_kwargs)
 
 
-def connect(num_cpus: int | None = None) -> None:
+def connect(num_cpus: int | None = None, *, worker_logs: bool = True) -> None:
     """`ray.init` once per process. Workers call `apply_env_defaults` themselves, so no runtime_env is
     forced here and a job's own runtime_env (working_dir) stays as submitted. `num_cpus` applies to a
-    local Ray only."""
+    local Ray only. `worker_logs=False` keeps the workers' output and Ray Data's progress logs out of this
+    process's console (they stay in Ray's log files): the main job prints its own progress."""
     import ray
 
     apply_env_defaults()
     if ray.is_initialized():
         return
+    if not worker_logs:
+        quiet_ray_driver()
     if set_auth_mode(os.environ):
         print(f"[xpl] joining the Ray cluster at {os.environ.get('RAY_ADDRESS')} (its auth settings apply)",
               flush=True)
-        ray.init(log_to_driver=True, configure_logging=False)
+        ray.init(log_to_driver=worker_logs, configure_logging=False)
     else:
         print("[xpl] starting a local Ray (RAY_ADDRESS is not set)", flush=True)
-        start_local_ray(num_cpus=num_cpus, log_to_driver=True)
+        start_local_ray(num_cpus=num_cpus, log_to_driver=worker_logs)
+    if not worker_logs:
+        print("[xpl] the Ray workers' own output goes to Ray's logs (a local Ray: /tmp/ray/session_latest/logs; "
+              "a cluster: `ray logs`)", flush=True)
+
+
+def quiet_ray_driver() -> None:
+    """No per-dataset info lines from Ray Data or Ray Train in this process (warnings and errors still show;
+    Ray Data's progress bars still show on a terminal)."""
+    import importlib
+
+    importlib.import_module("ray.data")  # it configures its loggers on import: set the levels after that
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+

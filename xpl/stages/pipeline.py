@@ -128,7 +128,8 @@ def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
     from xpl.stages.pseudolabel import run_pseudolabel
     from xpl.stages.student import run_student
     from xpl.stages.teacher import run_teacher
-    from xpl.tracking import resolve_tracking_uri
+    from xpl.stages.progress import StageProgress
+    from xpl.tracking import resolve_tracking_uri, run_key
 
     ensure_inputs(cfg)
     out = Path(cfg.output_dir)
@@ -136,10 +137,19 @@ def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
         print(f"[pipeline] --fresh: removing {out}", flush=True)
         shutil.rmtree(out)
     plain = plain_student(cfg)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+
+    def shown(stage_cfg: DictConfig, section: str, stage: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        with StageProgress(uri, stage_cfg.tracking.experiment, run_key(stage_cfg.run_name, stage), stage,
+                           int(stage_cfg[section].train.steps)):
+            return run()
+
     work: dict[str, Callable[[], dict[str, Any]]] = {
-        "pretrain": lambda: run_pretrain(cfg), "teacher": lambda: run_teacher(cfg),
-        "pseudolabel": lambda: run_pseudolabel(cfg), "student": lambda: run_student(cfg),
-        "student_plain": lambda: run_student(plain)}
+        "pretrain": lambda: shown(cfg, "pretrain", "pretrain", lambda: run_pretrain(cfg)),
+        "teacher": lambda: shown(cfg, "teacher", "teacher", lambda: run_teacher(cfg)),
+        "pseudolabel": lambda: run_pseudolabel(cfg),
+        "student": lambda: shown(cfg, "student", cfg.student.name, lambda: run_student(cfg)),
+        "student_plain": lambda: shown(plain, "student", plain.student.name, lambda: run_student(plain))}
     upstream = {"pretrain": "", "teacher": "pretrain", "pseudolabel": "teacher", "student": "pseudolabel",
                 "student_plain": "pseudolabel"}
     outputs = {"pretrain": _training_outputs(cfg, "pretrain", "pretrain"),
@@ -159,7 +169,7 @@ def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
         records[f"evaluate/{model}"] = run_stage(
             f"evaluate {model}", stage_digest(cfg, ("data", "text"), records[model].digest),
             out / "pipeline" / f"evaluate-{model}.json", lambda p=path: run_evaluate(cfg, checkpoint=p), fresh)
-    results = summarize(records, resolve_tracking_uri(cfg.tracking.uri))
+    results = summarize(records, uri)
     results["pictures"] = showcase(cfg, records["student"].result["model"], out / "showcase")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = results_markdown(results)
