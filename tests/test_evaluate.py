@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import Counter
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -239,3 +241,21 @@ def test_model_evaluation_in_both_settings(tmp_path, shapes_world, random_teache
 
     logged = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result["mlflow_run_id"]).data.metrics
     assert logged == pytest.approx(metrics)
+
+
+def test_predictions_keep_up_to_100_per_image_and_leave_the_models_settings(shapes_world, random_teacher):
+    """COCO's AP counts up to 100 detections per image: the model's own cap (10, for pictures) must not apply."""
+    from xpl.data.coco import CocoInstances
+    from xpl.eval.coco_eval import predict_masks
+    from xpl.model.checkpoint import load_model
+
+    model = load_model(random_teacher, map_location="cpu")
+    model.roi_heads.score_thresh = 0.0
+    model.set_class_embeddings(torch.nn.functional.normalize(torch.randn(12, 384), dim=1))
+    dataset = CocoInstances(shapes_world / "coco" / "instances_val.json", shapes_world / "coco" / "val")
+    ids = list(range(1, 13))
+    subset = torch.utils.data.Subset(dataset, [0, 1])
+    per_image = Counter(r["image_id"] for r in predict_masks(model, subset, ids, score_threshold=0.0))
+    capped = Counter(r["image_id"] for r in predict_masks(model, subset, ids, max_detections=10, score_threshold=0.0))
+    assert max(per_image.values()) > 10 and max(capped.values()) <= 10
+    assert (model.roi_heads.detections_per_img, model.roi_heads.score_thresh) == (10, 0.0)

@@ -22,16 +22,33 @@ from xpl.errors import DataError
 IOU_TYPES = {"mask": "segm", "box": "bbox"}  # metric prefix -> COCOeval iouType
 RESULT_KEYS = ("image_id", "category_id", "segmentation", "score")
 GT_KEYS = ("id", "image_id", "category_id", "segmentation", "bbox", "area")
+MAX_DETECTIONS = 100  # per image, as COCO's AP counts them (maxDets=100)
+SCORE_THRESHOLD = 0.05  # the usual test-time floor of Mask R-CNN evaluations
 
 
 @torch.no_grad()
 def predict_masks(model: torch.nn.Module, dataset: CocoInstances, category_ids: list[int], *,
-                  batch_size: int = 8, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+                  batch_size: int = 8, device: str | torch.device = "cpu", max_detections: int = MAX_DETECTIONS,
+                  score_threshold: float = SCORE_THRESHOLD) -> list[dict[str, Any]]:
     """COCO result records (RLE mask, xywh box, score) of `model` on `dataset`; labels 1..C map to `category_ids`.
 
-    The model's class embeddings must already be those of `category_ids`, in that order.
+    The model's class embeddings must already be those of `category_ids`, in that order. Up to
+    `max_detections` per image scoring at least `score_threshold` (COCO's AP counts up to 100 per image;
+    the model's own defaults, meant for pictures, keep fewer), the model's settings restored afterwards.
     """
     model.eval()
+    heads = model.roi_heads
+    kept = heads.detections_per_img, heads.score_thresh
+    heads.detections_per_img, heads.score_thresh = max_detections, score_threshold
+    try:
+        return _predict(model, dataset, category_ids, batch_size, device)
+    finally:
+        heads.detections_per_img, heads.score_thresh = kept
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, dataset: CocoInstances, category_ids: list[int], batch_size: int,
+             device: str | torch.device) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
