@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 DEFAULTS = {
@@ -14,7 +16,10 @@ DEFAULTS = {
     # Ray Train's print patch logs each print of a worker and, when a library has wrapped sys.stdout, also
     # prints it: every engine log line reached the console twice. Ray Train propagates this to its workers.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "xpl" / "torch_extensions"),
+    # DeepSpeed JIT-compiles a comm op once per environment (~30 s); one cache per venv, as two checkouts
+    # sharing one would rebuild it on every switch (the build file names the venv's include paths)
+    "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "xpl" / "torch_extensions"
+                                / hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]),
 }
 
 
