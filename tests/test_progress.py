@@ -9,9 +9,10 @@ from xpl.tracking import find_or_create_run
 
 
 def test_progress_line_shows_step_share_loss_speed_and_time_left():
-    assert progress_line("teacher", 150, 600, 2.4123, 8.55, 120.0) == (
+    assert progress_line("teacher", 150, 600, 2.4123, 8.55, 120.0, 0.8) == (
         "[teacher] step 150/600 (25 %)  loss 2.41  8.6 images/s  2m00s in, about 6m00s left")
-    assert progress_line("student", 200, 200, None, None, 61.0) == "[student] step 200/200 (100 %)  1m01s in"
+    assert progress_line("teacher", 10, 600, 2.4, None, 95.0) == "[teacher] step 10/600 (1 %)  loss 2.4  1m35s in"
+    assert progress_line("student", 200, 200, None, None, 61.0, 1.0) == "[student] step 200/200 (100 %)  1m01s in"
 
 
 def test_progress_reads_only_what_this_run_logged_and_only_when_it_advanced(tmp_path):

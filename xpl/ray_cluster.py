@@ -65,11 +65,11 @@ def connect(num_cpus: int | None = None, *, worker_logs: bool = True) -> None:
 
 
 def quiet_ray_driver() -> None:
-    """No per-dataset info lines from Ray Data or Ray Train in this process (warnings and errors still show;
-    Ray Data's progress bars still show on a terminal)."""
+    """No info lines from Ray Data, Ray Train or MLflow's store set-up in this process (warnings and errors
+    still show; Ray Data's progress bars still show on a terminal)."""
     import importlib
 
     importlib.import_module("ray.data")  # it configures its loggers on import: set the levels after that
-    for name in ("ray.data", "ray.train", "ray.tune"):
+    for name in ("ray.data", "ray.train", "ray.tune", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -9,6 +9,7 @@ they all log to the same tracking store.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from types import TracebackType
@@ -18,16 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def progress_line(stage: str, step: int, steps: int, loss: Optional[float], images_per_s: Optional[float],
-                  elapsed_s: float) -> str:
-    """`[stage] step 120/600 (20 %)  loss 2.41  8.6 images/s  2m00s in, about 8m00s left`."""
+                  elapsed_s: float, seconds_per_step: Optional[float] = None) -> str:
+    """`[stage] step 120/600 (20 %)  loss 2.41  8.6 images/s  2m00s in, about 8m00s left` (time left only
+    when the pace is known)."""
     parts = [f"[{stage}] step {step}/{steps} ({100 * step // max(steps, 1)} %)"]
     if loss is not None:
         parts.append(f"loss {loss:.3g}")
     if images_per_s is not None:
         parts.append(f"{images_per_s:.1f} images/s")
     timing = f"{_clock(elapsed_s)} in"
-    if 0 < step < steps:
-        timing += f", about {_clock(elapsed_s * (steps - step) / step)} left"
+    if seconds_per_step is not None and step < steps:
+        timing += f", about {_clock(seconds_per_step * (steps - step))} left"
     return "  ".join([*parts, timing])
 
 
@@ -37,7 +39,9 @@ def _clock(seconds: float) -> str:
 
 
 class StageProgress:
-    """While the `with` block runs, print the stage's progress every `every_s` seconds when it has advanced.
+    """While the `with` block runs, print the stage's progress every `every_s` seconds when it has advanced
+    (on a terminal, one line rewritten in place). The time left follows the pace since the first step seen,
+    so the stage's set-up does not count as training time.
 
     Only metrics logged after the block began count, so an earlier run of the same stage (the MLflow run is
     kept across re-runs) does not show as progress.
@@ -50,6 +54,8 @@ class StageProgress:
         self._thread = threading.Thread(target=self._run, name=f"progress-{stage}", daemon=True)
         self._start = 0.0
         self._shown = 0
+        self._first: Optional[tuple[float, int]] = None  # (time, step) of the first step seen: the pace after set-up
+        self._tty = sys.stdout.isatty()
 
     def __enter__(self) -> "StageProgress":
         self._start = time.time()
@@ -60,6 +66,8 @@ class StageProgress:
                  tb: Optional[TracebackType]) -> None:
         self._stop.set()
         self._thread.join(timeout=self.every_s)
+        if self._tty and self._shown:
+            print(flush=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -69,7 +77,7 @@ class StageProgress:
                 log.warning("progress of %s: could not read the MLflow store (%s)", self.stage, exc)
                 continue
             if line is not None:
-                print(line, flush=True)
+                print(f"\r{line}" if self._tty else line, end="" if self._tty else "\n", flush=True)
 
     def poll(self) -> Optional[str]:
         """The line to print if the stage advanced since the last one, else None."""
@@ -93,6 +101,10 @@ class StageProgress:
         if last.step <= self._shown:
             return None
         self._shown = last.step
+        now = time.time()
+        if self._first is None:
+            self._first = (now, last.step)
+        pace = (now - self._first[0]) / (last.step - self._first[1]) if last.step > self._first[1] else None
         speed = [m for m in client.get_metric_history(runs[0].info.run_id, "images_per_s") if m.step == last.step]
         return progress_line(self.stage, last.step, self.steps, last.value, speed[0].value if speed else None,
-                             time.time() - self._start)
+                             now - self._start, pace)
