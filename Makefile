@@ -10,6 +10,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/python -c 'from xpl.runtime import build_extensions; build_extensions()'
 	@touch $(STAMP)
 
 demo: setup
