@@ -75,3 +75,18 @@ def test_plain_mode_weights_every_instance_equally() -> None:
     losses, stats = student([], [], [torch.rand(3, 64, 64)], [_target([5, 5, 50, 50], 3)])
     assert stats["instance_weight_std"] == 0.0
     assert torch.isfinite(losses["loss_pseudo_mask"])
+
+
+def test_caption_labels_add_the_teachers_caption_label_loss_over_the_whole_vocabulary() -> None:
+    from xpl.model.grounding import caption_label_loss
+
+    student = RobustStudent(_detector(), base_labels=[1, 3]).train()
+    image, named = torch.rand(3, 64, 64), torch.tensor([[0.0, 1.0, 0.0, 1.0]])  # the caption names classes 2, 4
+    without, _ = student([], [], [image], [_target([10, 10, 40, 40], 2)])
+    losses, _ = student([], [], [image], [_target([10, 10, 40, 40], 2)], named)
+    assert set(losses) == set(without) | {"loss_caption_labels"}
+    regions, valid = student.detector.candidate_embeddings([image])
+    expected = caption_label_loss(regions, valid, student.all_embeddings, named)
+    assert losses["loss_caption_labels"].item() == pytest.approx(expected.item(), rel=1e-5)
+    losses["loss_caption_labels"].backward()
+    assert student.detector.roi_heads.box_head.fc6.weight.grad is not None

@@ -196,6 +196,9 @@ class StudentConfig:
     max_positives: int = 16  # positive RoIs per pseudo-labeled image
     pseudo_box_loss: bool = False
     freeze_v2l: bool = True
+    # > 0: the classes each pseudo-labeled image's caption names must be found among its candidate regions,
+    # as the teacher learned them (`xpl.model.grounding.caption_label_loss`); 0: the paper's student
+    caption_label_weight: float = 0.0
     corrupt: CorruptConfig = field(default_factory=CorruptConfig)
 
 

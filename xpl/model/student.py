@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
 
 from xpl.model.detector import OpenVocabMaskRCNN
+from xpl.model.grounding import caption_label_loss
 from xpl.model.robust import SigmaHead, instance_weights, robust_mask_loss
 
 Targets = list[dict[str, torch.Tensor]]
@@ -67,7 +68,10 @@ class RobustStudent(torch.nn.Module):
         self.detector.roi_heads.box_predictor.class_embeddings = embeddings
 
     def forward(self, gt_images: list[torch.Tensor], gt_targets: Targets, pseudo_images: list[torch.Tensor],
-                pseudo_targets: Targets) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                pseudo_targets: Targets, caption_labels: Optional[torch.Tensor] = None,
+                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """`caption_labels` ([B, C] in {0, 1}: the classes each pseudo image's caption names) adds
+        `loss_caption_labels` over the pseudo images' candidate regions (unweighted: the caller weighs it)."""
         losses: dict[str, torch.Tensor] = {}
         if gt_images:
             self._use_classes(self.base_embeddings)
@@ -77,6 +81,10 @@ class RobustStudent(torch.nn.Module):
         if pseudo_images:
             pseudo_losses, stats = self._pseudo_branch(pseudo_images, pseudo_targets)
             losses.update(pseudo_losses)
+            if caption_labels is not None:
+                regions, valid = self.detector.candidate_embeddings(pseudo_images)
+                losses["loss_caption_labels"] = caption_label_loss(regions, valid, self.all_embeddings,
+                                                                   caption_labels)
         if self.training:
             self.calls += 1
         return losses, stats

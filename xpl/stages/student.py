@@ -78,23 +78,27 @@ class StudentTask(BaseImagesTask):
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg, st, data = self.cfg, self.cfg.student, self.dataset()
-        labels = {c.id: i for i, c in enumerate(Vocabulary.load(cfg.data.vocab).categories, start=1)}
+        vocab = Vocabulary.load(cfg.data.vocab)
+        labels = {c.id: i for i, c in enumerate(vocab.categories, start=1)}
         pseudo = caption_batches(st.pseudo, st.pseudo_batch_size, rank=rank, world_size=world_size,
                                  image_size=cfg.data.image_size, start_step=start_step, seed=st.train.seed,
                                  pseudo=True)
         for indices in rank_batches(len(data), st.train.batch_size, rank, world_size, start_step, st.train.seed):
             samples = next(pseudo)
+            named = (torch.tensor([vocab.named(s["caption"]) for s in samples], dtype=torch.float32)
+                     if st.caption_label_weight > 0 else None)
             yield ([data[i] for i in indices],
-                   [(s["image"], pseudo_target(s["pseudo"], s["key"], labels, st.corrupt)) for s in samples])
+                   [(s["image"], pseudo_target(s["pseudo"], s["key"], labels, st.corrupt)) for s in samples], named)
 
     def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
         def moved(items: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
             return ([img.to(device) for img, _ in items],
                     [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for _, t in items])
 
-        gt, pseudo = batch
-        losses, stats = model(*moved(gt), *moved(pseudo))
-        total = sum(losses.values())
+        gt, pseudo, named = batch
+        losses, stats = model(*moved(gt), *moved(pseudo), None if named is None else named.to(device))
+        weights = {"loss_caption_labels": self.cfg.student.caption_label_weight}
+        total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
         return total, {**{k: float(v.item()) for k, v in losses.items()}, **stats}, len(gt) + len(pseudo)
 
     def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
