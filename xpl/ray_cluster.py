@@ -69,7 +69,8 @@ def quiet_ray_driver() -> None:
     still show; Ray Data's progress bars still show on a terminal)."""
     import importlib
 
-    importlib.import_module("ray.data")  # it configures its loggers on import: set the levels after that
+    for module in ("ray.data", "mlflow"):  # they configure their loggers on import: set the levels after that
+        importlib.import_module(module)
     for name in ("ray.data", "ray.train", "ray.tune", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
