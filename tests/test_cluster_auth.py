@@ -27,3 +27,22 @@ def test_process_defaults_leave_auth_alone(monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     assert "RAY_AUTH_MODE" not in apply_env_defaults()
     assert "RAY_AUTH_MODE" not in os.environ
+
+
+def test_quiet_driver_keeps_info_lines_of_ray_data_and_mlflow_out_after_their_imports():
+    import importlib
+    import logging
+
+    from xpl.ray_cluster import quiet_ray_driver
+
+    names = ("ray.data", "ray.train", "ray.tune", "mlflow", "alembic")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        quiet_ray_driver()
+        for module in ("mlflow", "ray.data"):  # importing again must not bring the info lines back
+            importlib.import_module(module)
+        for name in (*names, "mlflow.store.db.utils"):
+            assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
