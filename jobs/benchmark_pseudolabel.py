@@ -17,8 +17,9 @@ quarter of the shards, which carries the start-up of every stage's worker proces
 CPU per image by role, from the CPU seconds of every process of the local Ray cluster: model (the
 actor thread's CPU inside regions + select), teacher actor other (the rest of the actor process:
 Ray, Arrow), tasks (read + decode workers), writer (paste, encode, judge, write), driver (Ray Data's
-executor), system (raylet, GCS, ...). "steady" counts from when the first quarter of the shards is
-done to the end, over the images of the shards finished in that time; "total" includes start-up.
+executor), system (raylet, GCS, ...). "steady" takes the actors' CPU from the rows of the shards
+finished after the first quarter (each actor call's process CPU, spread over its rows) and the other
+processes' CPU from then to the end, over those shards' images; "total" includes start-up.
 Per-image stage seconds (read, decode, align, encode, judge, write) are summed from every row.
 Peak memory is the sampled peak of the proportional set size (PSS) over this process and its
 children (the local Ray cluster).
@@ -83,7 +84,8 @@ class PeakMemory:
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                 continue
             role = ("driver" if name == "driver" else "teacher actor" if "Teacher" in name
-                    else "writer" if "ShardWriter" in name else "tasks" if name.startswith("ray::")
+                    else "writer" if "ShardWriter" in name
+                    else "tasks" if name.startswith("ray::") and "_StatsActor" not in name
                     else "system")
             out[proc.pid] = (role, times.user + times.system)
         self.own_cpu += time.thread_time() - start
@@ -183,7 +185,8 @@ def bench_pipeline(shards, output: Path, settings, **kwargs) -> dict:
     timings: dict[str, float] = {}
     begins, ends, finished = [], [], []
     skip = max(1, len(shards) // 4)  # the first quarter of the shards carries every stage's start-up
-    mark, steady_images, steady_model = None, 0, 0.0
+    mark, steady_images = None, 0
+    steady = dict.fromkeys(("t_teacher_cpu", "t_teacher_process_cpu", "t_writer_process_cpu"), 0.0)
     with PeakMemory(interval=1.0) as mem:
         cpu_before = mem.cpu_seconds()
         cpu_seen = dict(cpu_before)
@@ -200,31 +203,34 @@ def bench_pipeline(shards, output: Path, settings, **kwargs) -> dict:
             cpu_seen.update(mem.cpu_seconds())  # the last reading of every process, also of those gone since
             if mark is not None:
                 steady_images += row["samples"]
-                steady_model += row["timings"]["t_teacher_cpu"]
+                for k in steady:
+                    steady[k] += row["timings"][k]
             elif len(finished) >= skip:
                 mark = dict(cpu_seen)
         wall = time.perf_counter() - start
     window = max(ends) - min(begins)
     # steady state: leave out the first quarter of the shards (by when the teacher finished them)
     finished.sort()
-    steady = 0.0
+    steady_rate = 0.0
     if len(finished) > skip:
-        steady = sum(n for _, n in finished[skip:]) / (finished[-1][0] - finished[skip - 1][0])
+        steady_rate = sum(n for _, n in finished[skip:]) / (finished[-1][0] - finished[skip - 1][0])
     ms = {k.removeprefix("t_"): 1000 * v / samples for k, v in timings.items()}
     cpu_total = _cpu_by_role(cpu_before, cpu_seen)
     result = {"actors": settings.num_actors, "threads_per_actor": settings.torch_threads, "samples": samples,
               "labeled": labeled, "wall_s": wall,
               "images_per_s_end_to_end": samples / wall, "teacher_window_s": window,
-              "images_per_s": samples / window, "images_per_s_steady": steady, "startup_and_tail_s": wall - window,
+              "images_per_s": samples / window, "images_per_s_steady": steady_rate, "startup_and_tail_s": wall - window,
               "ms_per_image": ms, "overhead_ms_per_image": sum(v for k, v in ms.items() if not k.startswith("teacher")),
               "actor_utilisation": timings.get("t_teacher", 0.0) / (window * settings.num_actors),
               "cpu_seconds_by_role": {k: round(v, 2) for k, v in cpu_total.items()},
               "cpu_ms_per_image_total": cpu_ms_per_image(cpu_total, timings.get("t_teacher_cpu", 0.0), samples),
               "peak_pss_mb": mem.peak / 2**20}
     if steady_images:
+        # the actors' CPU from their rows (exactly the steady shards' images); the rest from the processes
+        steady_cpu = _cpu_by_role(mark, cpu_seen)
+        steady_cpu.update({"teacher actor": steady["t_teacher_process_cpu"], "writer": steady["t_writer_process_cpu"]})
         result["steady_images"] = steady_images
-        result["cpu_ms_per_image_steady"] = cpu_ms_per_image(_cpu_by_role(mark, cpu_seen), steady_model,
-                                                             steady_images)
+        result["cpu_ms_per_image_steady"] = cpu_ms_per_image(steady_cpu, steady["t_teacher_cpu"], steady_images)
     return result
 
 

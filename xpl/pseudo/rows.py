@@ -32,6 +32,9 @@ TIMINGS = ("t_read", "t_decode", "t_teacher", "t_align", "t_encode", "t_judge", 
 # CPU seconds of the teacher actor's thread (beside its wall seconds `t_teacher`): on a busy CPU
 # machine the gap is time spent waiting for a core, on a GPU the CPU part is the host's work.
 TEACHER_CPU = "t_teacher_cpu"
+# CPU seconds of each actor process, every call's share spread over its rows: all the process did since
+# its previous call (Ray's hand-off, Arrow, the work itself), so start-up and model loading stay out.
+PROCESS_CPU = ("t_teacher_process_cpu", "t_writer_process_cpu")
 
 _COMMON = [
     ("key", pa.string()),
@@ -90,6 +93,7 @@ RESULT_SCHEMA = pa.schema(
         ("t_decode", pa.float64()),
         ("t_teacher", pa.float64()),
         ("t_teacher_cpu", pa.float64()),
+        ("t_teacher_process_cpu", pa.float64()),
         ("teacher_begin", pa.float64()),  # wall clock (epoch s) when the row's teacher batch began
         ("teacher_end", pa.float64()),  # ... and when it was done
         ("teacher_node", pa.string()),  # Ray node id of the actor that ran the row's teacher batch

@@ -61,6 +61,7 @@ class Teacher:
         self.cosine = cosine
         self.grow = {"grow": tuple(grow), "grow_touch": grow_touch, "mask_threshold": mask_threshold}
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
     def _image(self, pixels: pa.BinaryScalar, height: int, width: int) -> torch.Tensor:
         array = np.frombuffer(pixels.as_buffer(), dtype=np.uint8).reshape(height, width, 3)
@@ -104,9 +105,11 @@ class Teacher:
                 status[i], reason[i] = NO_MATCH, sel.reason
         ran = np.zeros(len(batch), dtype=bool)
         ran[todo] = True
+        process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
         new = {"status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
                **selection_columns(selections),
                "t_teacher": _where(ran, per_row), "t_teacher_cpu": _where(ran, cpu_per_row),
+               "t_teacher_process_cpu": pa.array(np.full(len(batch), process_cpu / len(batch))),
                "teacher_begin": _where(ran, begin), "teacher_end": _where(ran, end),
                "teacher_node": pa.array([self.node_id if r else None for r in ran], pa.string())}
         return pa.Table.from_arrays([new[f.name] if f.name in new else batch.column(f.name) for f in RESULT_SCHEMA],

@@ -25,13 +25,13 @@ import pyarrow as pa
 from xpl.data.tar_writer import AtomicTar
 from xpl.pseudo.instances import Labeled, label_row
 from xpl.pseudo.manifest import manifest_record, shard_path, tmp_dir, write_manifest
-from xpl.pseudo.rows import END, LABELED, SHARD_SCHEMA, STATUSES, TEACHER_CPU, TIMINGS, table
+from xpl.pseudo.rows import END, LABELED, PROCESS_CPU, SHARD_SCHEMA, STATUSES, TEACHER_CPU, TIMINGS, table
 from xpl.pseudo.selection_columns import read_selections
 
 # The columns the writer reads as Python values (the selection columns are read as numpy).
 ROW_COLUMNS = ("key", "url", "shard", "kind", "status", "reason", "count", "image_name", "image", "txt", "meta",
                "caption", "width", "height", "scale", "teacher_node", "teacher_begin", "teacher_end",
-               *TIMINGS, TEACHER_CPU)
+               *TIMINGS, TEACHER_CPU, PROCESS_CPU[0])
 
 
 def sample_members(row: dict[str, Any], pseudo: str) -> dict[str, bytes]:
@@ -52,7 +52,7 @@ class _OpenShard:
     expected: Optional[int] = None
     failure: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU), 0.0))
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU, *PROCESS_CPU), 0.0))
     teacher_begin: Optional[float] = None
     teacher_end: Optional[float] = None
 
@@ -70,6 +70,7 @@ class ShardWriter:
         self.mask_threshold = mask_threshold
         self.ids_by_name = ids_by_name
         self.open: dict[str, _OpenShard] = {}
+        self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
     def _shard(self, row: dict[str, Any]) -> _OpenShard:
         shard = self.open.get(row["shard"])
@@ -105,19 +106,23 @@ class ShardWriter:
         counts = {s: sum(1 for r in shard.records if r["status"] == s) for s in STATUSES}
         return {"shard": shard.name, "url": shard.url, "samples": len(shard.records), **counts,
                 "instances": sum(r.get("instances", 0) for r in shard.records),
-                "timings": json.dumps(shard.timings), "teacher_begin": shard.teacher_begin, "teacher_end": shard.teacher_end}
+                "timings": json.dumps(shard.timings), "teacher_begin": shard.teacher_begin,
+                "teacher_end": shard.teacher_end}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        finished = []
         selections = read_selections(batch)
         rows = batch.select([c for c in ROW_COLUMNS if c in batch.column_names]).to_pylist()
+        touched = []
         for row, selection in zip(rows, selections):
             shard = self._shard(row)
+            touched.append(shard.name)
             if row["kind"] == END:
                 shard.expected, shard.failure = row["count"], row["reason"]
             else:
                 labeled = label_row(row, selection, mask_threshold=self.mask_threshold, ids_by_name=self.ids_by_name)
                 self._add(shard, row, labeled)
-            if shard.complete:
-                finished.append(self._finish(shard))
+        process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
+        for name in touched:
+            self.open[name].timings[PROCESS_CPU[1]] += process_cpu / len(rows)
+        finished = [self._finish(self.open[name]) for name in dict.fromkeys(touched) if self.open[name].complete]
         return table(finished, SHARD_SCHEMA)
