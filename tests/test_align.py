@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from xpl.data import rle
-from xpl.pseudo.selection_columns import read_selections, selection_columns
 from xpl.pseudo.align import (
     BELOW_THRESHOLD,
     EMPTY_MASK,
@@ -25,6 +24,7 @@ from xpl.pseudo.align import (
     select_regions,
     unique_words,
 )
+from xpl.pseudo.selection_columns import read_selections, selection_columns
 
 
 @dataclass

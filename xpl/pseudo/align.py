@@ -141,7 +141,8 @@ class Selection:
     """The best region of each kept word, as the teacher saw it: what the teacher actor hands on.
 
     Pasting and encoding masks (`build_instances`) is CPU work at the original image size, so it
-    runs in a separate stage and the teacher actor spends its time on the model.
+    runs in the writer and the teacher actor spends its time on the model; the selection travels
+    there as Arrow columns (`xpl.pseudo.selection_columns`).
     """
 
     words: list[tuple[int, str, str]]  # (category_id, name, phrase) per kept word
