@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ from xpl.pseudo.align import (
     select_regions,
     unique_words,
 )
+from xpl.pseudo.selection_columns import read_selections, selection_columns
 
 
 @dataclass
@@ -136,17 +138,25 @@ def test_one_word_per_class():
     assert len(align_image(words, regions_two_boxes(), height=40, width=50).instances) == 1
 
 
-def test_selection_travels_as_bytes_and_builds_the_same_instances():
+def through_columns(selection: Selection) -> Selection:
+    """The selection as it reaches the writer: Arrow columns in an Arrow table (with a null row beside it)."""
+    table = pa.table(selection_columns([None, selection]))
+    none, again = read_selections(table)
+    assert none is None
+    return again
+
+
+def test_selection_travels_as_columns_and_builds_the_same_instances():
     words = [Word(3, "circle", "disc", unit(1, 0, 0)), Word(5, "moon", "crescent", unit(0, 1, 0))]
     selection = select_regions(words, regions_two_boxes())
     assert selection.words == [(3, "circle", "disc"), (5, "moon", "crescent")]
     assert selection.mask_probs.shape == (2, 14, 14) and selection.scores.tolist() == pytest.approx([2.0, 3.0])
-    again = Selection.from_bytes(selection.to_bytes())
+    again = through_columns(selection)
     assert again.words == selection.words and (again.boxes == selection.boxes).all()
     built = build_instances(again, height=40, width=50)
     assert built.instances == align_image(words, regions_two_boxes(), height=40, width=50).instances
     below = select_regions(words, regions_two_boxes(), score_threshold=10.0)
-    assert below.words == [] and build_instances(Selection.from_bytes(below.to_bytes()), height=4, width=4).reason == (
+    assert below.words == [] and build_instances(through_columns(below), height=4, width=4).reason == (
         BELOW_THRESHOLD)
 
 
@@ -196,7 +206,7 @@ def test_a_part_box_grows_until_its_mask_fits_and_the_box_becomes_the_mask_box()
     assert plain.boxes.tolist() == [[14.0, 14.0, 26.0, 26.0]] and not plain.tight_boxes
     grown = select_regions(words, regions, grow=(1.25, 1.5, 2.0))
     assert grown.boxes.tolist() == [[8.0, 8.0, 32.0, 32.0]] and grown.tight_boxes  # 1.25 still touches
-    again = Selection.from_bytes(grown.to_bytes())
+    again = through_columns(grown)
     assert again.tight_boxes
     inst = build_instances(again, height=40, width=50).instances[0]
     assert inst.box == pytest.approx((10.0, 10.0, 30.0, 30.0), abs=1.0)

@@ -72,7 +72,8 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
     assert totals["labeled"] + totals["no_match"] + totals["rejected"] == 40
     assert totals["rejected"] == 0 and totals["labeled"] > 0 and totals["unfinished_shards"] == 0
     assert totals["run"]["samples"] == 40 and totals["run"]["images_per_s"] > 0
-    stages = {"read", "decode", "teacher", "teacher_cpu", "align", "encode", "write"}
+    stages = {"read", "decode", "teacher", "teacher_cpu", "teacher_process_cpu", "align", "encode", "judge", "write",
+              "writer_process_cpu"}
     assert set(totals["run"]["ms_per_image"]) == stages
 
     # output: loadable with webdataset, original bytes unchanged, pseudo.json well formed

@@ -25,15 +25,12 @@ original image size: CPU work). `align_image` is both.
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import masks_to_boxes
 
 from xpl.data import rle
 
@@ -144,7 +141,8 @@ class Selection:
     """The best region of each kept word, as the teacher saw it: what the teacher actor hands on.
 
     Pasting and encoding masks (`build_instances`) is CPU work at the original image size, so it
-    runs in a separate stage and the teacher actor spends its time on the model.
+    runs in the writer and the teacher actor spends its time on the model; the selection travels
+    there as Arrow columns (`xpl.pseudo.selection_columns`).
     """
 
     words: list[tuple[int, str, str]]  # (category_id, name, phrase) per kept word
@@ -154,21 +152,6 @@ class Selection:
     region_scores: np.ndarray  # [K] objectness
     reason: Optional[str] = None  # why K == 0
     tight_boxes: bool = False  # the instance box is its mask's tight box (grown selections)
-
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        head = json.dumps({"words": self.words, "reason": self.reason, "tight_boxes": self.tight_boxes}).encode()
-        np.savez(buf, head=np.frombuffer(head, dtype=np.uint8), scores=self.scores, boxes=self.boxes,
-                 mask_probs=self.mask_probs, region_scores=self.region_scores)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Selection":
-        with np.load(io.BytesIO(data)) as z:
-            head = json.loads(z["head"].tobytes())
-            words = [(int(c), str(n), str(p)) for c, n, p in head["words"]]
-            return cls(words, z["scores"], z["boxes"], z["mask_probs"], z["region_scores"], head["reason"],
-                       bool(head.get("tight_boxes", False)))
 
 
 def expand_boxes(boxes: torch.Tensor, factor: float, height: int, width: int) -> torch.Tensor:
@@ -265,23 +248,24 @@ def build_instances(
     boxes = torch.from_numpy(selection.boxes).float() * box_scale
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    probs = paste_masks(torch.from_numpy(selection.mask_probs), boxes, height, width)
+    probs = paste_masks(torch.from_numpy(selection.mask_probs), boxes, height, width).numpy()
     instances = []
     for (category_id, name, phrase), score, region_score, box, prob in zip(
         selection.words, selection.scores.tolist(), selection.region_scores.tolist(), boxes.tolist(), probs
     ):
         mask = prob >= mask_threshold
-        if not bool(mask.any()):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not len(rows):
             continue
         if selection.tight_boxes:
-            box = masks_to_boxes(mask[None])[0].add(torch.tensor([0.0, 0.0, 1.0, 1.0])).tolist()
+            box = [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
         instances.append(
             PseudoInstance(
                 category_id=int(category_id),
                 name=name,
                 phrase=phrase,
                 box=tuple(float(v) for v in box),  # type: ignore[arg-type]
-                segmentation=rle.encode(np.asarray(mask.numpy(), dtype=bool)),
+                segmentation=rle.encode(mask),
                 align_score=float(score),
                 mask_score=float(prob[mask].mean()),
                 region_score=float(region_score),

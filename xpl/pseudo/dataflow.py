@@ -1,12 +1,18 @@
-"""The Ray Data pipeline: read shards -> decode (CPU tasks) -> teacher (actor pool) -> shard writer.
+"""The Ray Data pipeline: read shards -> decode (CPU tasks) -> teacher (actor pool) -> label and write.
 
     read_datasource(CaptionShardDatasource)   one read task per shard, raw bytes, nothing decoded
-      .map_batches(decode_batch)               CPU tasks: validate, match caption, decode, resize
+      .map_batches(decode_batch)               CPU tasks, fused with the read by Ray Data: validate,
+                                               match caption, decode, resize
       .map_batches(Teacher, ActorPoolStrategy) model.regions + top-1 region per word (num_gpus/cpus
                                                and custom resources per actor from config): only
-                                               model work in the actor; rows record its node id
-      .map_batches(instance_batch)             CPU tasks: paste, binarise, RLE, pseudo.json
-      .map_batches(ShardWriter, 1 actor)       output shards + manifests; yields one row per shard
+                                               model work in the actor; out go the chosen regions'
+                                               boxes, scores and mask tiles; rows record its node id
+      .map_batches(ShardWriter, 1 actor)       paste, binarise, RLE, pseudo.json, judge against truth,
+                                               output shards + manifests; yields one row per shard
+
+Blocks stay whole from the reader to the writer (`batch_size=None`: one call per block, `block_rows`
+rows); the teacher runs the model on `batch_size` images at a time inside a block. Rows cross stages
+as Arrow columns only (`xpl.pseudo.rows`): no per-row json, npz or pickled tensors.
 
 Why per-shard accounting with a writer actor, not `write_webdataset`: resume needs to know which
 input shards are complete, and Ray's writers name files per block, not per input shard. Each
@@ -29,7 +35,6 @@ import numpy as np
 import ray
 
 from xpl.pseudo.decode import decode_batch
-from xpl.pseudo.instances import instance_batch
 from xpl.pseudo.source import CaptionShardDatasource, ShardTask
 from xpl.pseudo.teacher_actor import Teacher
 from xpl.pseudo.writer import ShardWriter
@@ -54,7 +59,7 @@ class Settings:
     cosine: bool
     grow: Sequence[float]
     grow_touch: float
-    block_rows: int = 32  # rows per block the shard reader hands Ray Data
+    block_rows: int = 64  # rows per block the shard reader hands Ray Data (per-block costs fall with size)
 
     @classmethod
     def from_config(cls, pl: Any) -> "Settings":
@@ -92,7 +97,7 @@ def build_dataset(
                    "image_size": settings.image_size},
     )
     ds = ds.map_batches(
-        Teacher, batch_format="pyarrow", batch_size=settings.batch_size,
+        Teacher, batch_format="pyarrow", batch_size=None,
         compute=ActorPoolStrategy(size=settings.num_actors),
         num_cpus=settings.num_cpus_per_actor, num_gpus=settings.num_gpus_per_actor,
         resources=dict(settings.actor_resources) or None,
@@ -100,16 +105,15 @@ def build_dataset(
             "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
             "score_threshold": settings.score_threshold, "cosine": settings.cosine,
             "grow": list(settings.grow), "grow_touch": settings.grow_touch, "mask_threshold": settings.mask_threshold,
-            "threads": settings.torch_threads, "use_gpu": settings.num_gpus_per_actor > 0,
+            "batch_size": settings.batch_size, "threads": settings.torch_threads,
+            "use_gpu": settings.num_gpus_per_actor > 0,
         },
     )
-    ds = ds.map_batches(instance_batch, batch_format="pyarrow", batch_size=None, num_cpus=cpu,
-                        fn_kwargs={"mask_threshold": settings.mask_threshold,
-                                   "ids_by_name": {c.name: c.id for c in vocab.categories}})
     here = ray.get_runtime_context().get_node_id()
     return ds.map_batches(
         ShardWriter, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=1),
-        num_cpus=cpu, fn_constructor_kwargs={"output": output},
+        num_cpus=cpu, fn_constructor_kwargs={"output": output, "mask_threshold": settings.mask_threshold,
+                                              "ids_by_name": {c.name: c.id for c in vocab.categories}},
         label_selector={"ray.io/node-id": here},  # the writer runs on the driver's node
     )
 

@@ -6,7 +6,6 @@ reason). Then the caption is matched to the vocabulary; no match makes the sampl
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -44,7 +43,7 @@ class Decoded:
             "width": self.width,
             "height": self.height,
             "scale": self.scale,
-            "words": json.dumps(self.words) if self.words is not None else None,
+            "words": self.words,
         }
         if self.pixels is not None:
             out.update(pixels=self.pixels.tobytes(), pix_h=self.pixels.shape[0], pix_w=self.pixels.shape[1])
@@ -73,19 +72,26 @@ def _vocabulary(vocab: dict[str, Any], digest: str) -> Vocabulary:
     return _VOCABS[digest]
 
 
+# The columns `decode_batch` sets; the others pass through untouched (image bytes included).
+DECODED = ("status", "reason", "caption", "width", "height", "pixels", "pix_h", "pix_w", "scale", "words", "t_decode")
+
+
 def decode_batch(batch: pa.Table, *, vocab: dict[str, Any], vocab_digest: str, max_pixels: int,
                  image_size: int) -> pa.Table:
     """The pipeline's CPU stage: `decode_sample` on every pending sample row of a block."""
     voc = _vocabulary(vocab, vocab_digest)
-    rows = batch.to_pylist()
-    for row in rows:
-        row["t_decode"] = 0.0
+    todo = batch.select(["kind", "status", "image_name", "image", "txt"]).to_pylist()
+    old = batch.select([n for n in DECODED if n in batch.column_names]).to_pylist()
+    for row, values in zip(todo, old):
+        values["t_decode"] = 0.0
         if row["kind"] != SAMPLE or row["status"] != PENDING:
             continue
         start = time.perf_counter()
         members = {"txt": row["txt"]} if row["txt"] is not None else {}
         if row["image_name"]:
             members[row["image_name"]] = row["image"]
-        row.update(decode_sample(members, vocab=voc, max_pixels=max_pixels, image_size=image_size).row())
-        row["t_decode"] = time.perf_counter() - start
-    return table(rows, SAMPLE_SCHEMA)
+        values.update(decode_sample(members, vocab=voc, max_pixels=max_pixels, image_size=image_size).row())
+        values["t_decode"] = time.perf_counter() - start
+    new = table(old, pa.schema([SAMPLE_SCHEMA.field(n) for n in DECODED]))
+    return pa.Table.from_arrays([new.column(f.name) if f.name in DECODED else batch.column(f.name)
+                                 for f in SAMPLE_SCHEMA], schema=SAMPLE_SCHEMA)

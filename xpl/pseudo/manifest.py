@@ -21,10 +21,13 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from xpl.pseudo.rows import LABELED, STATUSES
 from xpl.pseudo.source import ShardTask
+
+if TYPE_CHECKING:
+    from xpl.pseudo.instances import Labeled
 
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -76,21 +79,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def manifest_record(row: dict[str, Any]) -> dict[str, Any]:
-    """The manifest line of one result row (see `xpl.pseudo.rows.RESULT_SCHEMA`)."""
-    record: dict[str, Any] = {"key": row["key"], "status": row["status"], "reason": row["reason"]}
-    if row.get("teacher_node"):
-        record["teacher_node"] = row["teacher_node"]  # the Ray node whose teacher actor ran this sample
-    if row["status"] == LABELED:
-        instances = json.loads(row["pseudo"])["instances"]
+def manifest_record(key: str, labeled: Labeled, teacher_node: Optional[str] = None) -> dict[str, Any]:
+    """The manifest line of one sample: its key, outcome (`xpl.pseudo.instances.Labeled`) and teacher node."""
+    record: dict[str, Any] = {"key": key, "status": labeled.status, "reason": labeled.reason}
+    if teacher_node:
+        record["teacher_node"] = teacher_node  # the Ray node whose teacher actor ran this sample
+    if labeled.status == LABELED:
         record.update(
-            instances=len(instances),
-            categories=[i["category_id"] for i in instances],
-            align_scores=[i["align_score"] for i in instances],
-            mask_scores=[i["mask_score"] for i in instances],
+            instances=len(labeled.instances),
+            categories=[i["category_id"] for i in labeled.instances],
+            align_scores=[i["align_score"] for i in labeled.instances],
+            mask_scores=[i["mask_score"] for i in labeled.instances],
         )
-    if row.get("truth"):
-        record["truth"] = json.loads(row["truth"])
+    if labeled.truth:
+        record["truth"] = labeled.truth
     return record
 
 

@@ -7,6 +7,9 @@ Row kinds: "sample" (one input key) and "end" (one per input shard, last, with `
 number of sample rows the reader emitted for that shard; the writer closes a shard when it has
 seen them all). Statuses: "pending" (to be labeled by the teacher), "labeled", "no_match",
 "rejected" (bad input; `reason` says why).
+
+Only Arrow columns cross stages: no per-row json or npz. Caption words and the teacher's chosen
+regions are list columns; only the chosen regions' mask tiles travel from the teacher to the writer.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ REJECTED = "rejected"
 STATUSES = (LABELED, NO_MATCH, REJECTED)
 
 # Seconds each stage spent, spread over the rows it handled.
-TIMINGS = ("t_read", "t_decode", "t_teacher", "t_align", "t_encode", "t_write")
+TIMINGS = ("t_read", "t_decode", "t_teacher", "t_align", "t_encode", "t_judge", "t_write")
 # CPU seconds of the teacher actor's thread (beside its wall seconds `t_teacher`): on a busy CPU
 # machine the gap is time spent waiting for a core, on a GPU the CPU part is the host's work.
 TEACHER_CPU = "t_teacher_cpu"
+# CPU seconds of each actor process, every call's share spread over its rows: all the process did since
+# its previous call (Ray's hand-off, Arrow, the work itself), so start-up and model loading stay out.
+PROCESS_CPU = ("t_teacher_process_cpu", "t_writer_process_cpu")
 
 _COMMON = [
     ("key", pa.string()),
@@ -47,6 +53,9 @@ _COMMON = [
     ("height", pa.int32()),
 ]
 
+# Caption words matched to the vocabulary, per row.
+WORDS = pa.list_(pa.struct([("category_id", pa.int64()), ("name", pa.string()), ("phrase", pa.string())]))
+
 # Reader and decoder output: raw members; after decoding also pixels and matched words.
 SAMPLE_SCHEMA = pa.schema(
     _COMMON
@@ -55,27 +64,36 @@ SAMPLE_SCHEMA = pa.schema(
         ("pix_h", pa.int32()),
         ("pix_w", pa.int32()),
         ("scale", pa.float64()),  # original pixels per teacher pixel
-        ("words", pa.string()),  # json list of {"category_id", "name", "phrase"}
+        ("words", WORDS),
         ("t_read", pa.float64()),
         ("t_decode", pa.float64()),
     ]
 )
 
-# Teacher output (pixels dropped, each word's best region in `selection`) and, after the
-# instance stage, the final rows (`selection` null, pseudo.json in `pseudo`).
+# Teacher output per pending row: the chosen regions of `xpl.pseudo.align.Selection`, flat, in the
+# teacher's pixels; boxes are K x 4 and mask tiles K x M x M box-relative probabilities (M = mask_side).
+SELECTION = [
+    ("sel_words", WORDS),
+    ("sel_scores", pa.list_(pa.float32())),
+    ("sel_region_scores", pa.list_(pa.float32())),
+    ("sel_boxes", pa.list_(pa.float32())),
+    ("sel_masks", pa.list_(pa.float32())),
+    ("sel_mask_side", pa.int32()),
+    ("sel_tight", pa.bool_()),
+]
+
+# Teacher output: pixels dropped, each kept word's best region in the `SELECTION` columns
+# (`xpl.pseudo.selection_columns`; null for rows the teacher did not label).
 RESULT_SCHEMA = pa.schema(
     _COMMON
     + [
         ("scale", pa.float64()),
-        ("selection", pa.binary()),  # xpl.pseudo.align.Selection.to_bytes() of pending rows
-        ("pseudo", pa.string()),  # pseudo.json text for labeled rows
-        ("truth", pa.string()),  # json: pseudo instances judged against the sample's own truth, if it has any
+        *SELECTION,
         ("t_read", pa.float64()),
         ("t_decode", pa.float64()),
         ("t_teacher", pa.float64()),
         ("t_teacher_cpu", pa.float64()),
-        ("t_align", pa.float64()),
-        ("t_encode", pa.float64()),
+        ("t_teacher_process_cpu", pa.float64()),
         ("teacher_begin", pa.float64()),  # wall clock (epoch s) when the row's teacher batch began
         ("teacher_end", pa.float64()),  # ... and when it was done
         ("teacher_node", pa.string()),  # Ray node id of the actor that ran the row's teacher batch

@@ -1,30 +1,33 @@
-"""The teacher as a Ray Data callable class: one model per actor, batches of decoded samples in.
+"""The teacher as a Ray Data callable class: one model per actor, blocks of decoded samples in.
 
-Pending rows go through `model.regions(...)` in one call per batch and `select_regions` (each
-caption word's best region); the selection travels on to the instance stage, which pastes and
-encodes the masks on CPUs, so the actor's time goes to the model. Rows where no word found a region
-become `no_match` here; every other row passes through. Rows the model ran on carry the actor's
-Ray node id (`teacher_node`), so a run can tell which nodes did the labeling. Columns the actor does
-not change are passed on without copying (image bytes included); the decoded pixels are dropped.
+Pending rows go through `model.regions(...)` in chunks of `batch_size` images and `select_regions`
+(each caption word's best region); only the chosen regions (boxes, scores, mask tiles) leave the
+actor, as Arrow columns (`xpl.pseudo.selection_columns`); the writer pastes and encodes the masks,
+so the actor's time goes to the model. Rows where no word found a region become `no_match` here;
+every other row passes through. Rows the model ran on carry the actor's Ray node id
+(`teacher_node`), so a run can tell which nodes did the labeling. Columns the actor does not change
+are passed on as they are (image bytes included); the decoded pixels are dropped. On a GPU, each
+image goes through pinned host memory to the device without blocking.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 
-from xpl.pseudo.align import Word, select_regions
+from xpl.pseudo.align import Selection, Word, select_regions
 from xpl.pseudo.rows import NO_MATCH, PENDING, RESULT_SCHEMA, SAMPLE
+from xpl.pseudo.selection_columns import selection_columns
 
 
 class Teacher:
-    """Loads the exported teacher once per actor; `__call__` handles a batch (pyarrow Table)."""
+    """Loads the exported teacher once per actor; `__call__` handles a block (pyarrow Table)."""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class Teacher:
         grow: Sequence[float] = (),
         grow_touch: float = 0.05,
         mask_threshold: float = 0.5,
+        batch_size: int = 8,
         threads: int = 0,
         use_gpu: bool = False,
     ) -> None:
@@ -52,53 +56,66 @@ class Teacher:
         self.model = load_model(teacher, map_location=self.device)
         self.embedding = {cid: torch.tensor(np.asarray(e), dtype=torch.float32)
                           for cid, e in zip(class_ids, class_embeddings)}
+        self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.cosine = cosine
         self.grow = {"grow": tuple(grow), "grow_touch": grow_touch, "mask_threshold": mask_threshold}
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
-    def _image(self, pixels: bytes, height: int, width: int) -> torch.Tensor:
-        array = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
-        return torch.from_numpy(array.copy()).to(self.device).permute(2, 0, 1).float().div_(255)
+    def _image(self, pixels: pa.BinaryScalar, height: int, width: int) -> torch.Tensor:
+        array = np.frombuffer(pixels.as_buffer(), dtype=np.uint8).reshape(height, width, 3)
+        if self.device.type == "cuda":
+            host = torch.empty((height, width, 3), dtype=torch.uint8, pin_memory=True)
+            host.numpy()[:] = array
+            image = host.to(self.device, non_blocking=True)
+        else:
+            image = torch.from_numpy(array.copy())
+        return image.permute(2, 0, 1).float().div_(255)
 
-    def select(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """New column values (status, reason, selection, timings) for pending rows."""
-        if not rows:
-            return []
-        begin, start, cpu = time.time(), time.perf_counter(), time.thread_time()
+    def select(self, pixels: list[tuple[pa.BinaryScalar, int, int]],
+               words: list[list[dict[str, Any]]]) -> list[Selection]:
+        """The selection of each image (pixels, height, width) for its caption words, `batch_size` images a call."""
+        out: list[Selection] = []
         with torch.inference_mode():
-            regions = self.model.regions([self._image(r["pixels"], r["pix_h"], r["pix_w"]) for r in rows])
-            selections = []
-            for row, reg in zip(rows, regions):
-                words = [Word(w["category_id"], w["name"], w["phrase"], self.embedding[w["category_id"]])
-                         for w in json.loads(row["words"])]
-                selections.append(select_regions(words, reg, score_threshold=self.score_threshold, cosine=self.cosine,
-                                                 **self.grow))
-        end = time.time()
-        per_row = (time.perf_counter() - start) / len(rows)
-        cpu_per_row = (time.thread_time() - cpu) / len(rows)
-        out = []
-        for sel in selections:
-            values = {"t_teacher": per_row, "t_teacher_cpu": cpu_per_row, "teacher_begin": begin, "teacher_end": end,
-                      "teacher_node": self.node_id}
-            if sel.words:
-                values.update(status=PENDING, reason=None, selection=sel.to_bytes())
-            else:
-                values.update(status=NO_MATCH, reason=sel.reason, selection=None)
-            out.append(values)
+            for at in range(0, len(pixels), self.batch_size):
+                regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]])
+                for reg, row_words in zip(regions, words[at:at + self.batch_size]):
+                    row = [Word(w["category_id"], w["name"], w["phrase"], self.embedding[w["category_id"]])
+                           for w in row_words]
+                    out.append(select_regions(row, reg, score_threshold=self.score_threshold, cosine=self.cosine,
+                                              **self.grow))
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        kind, status = batch.column("kind").to_pylist(), batch.column("status").to_pylist()
-        todo = [i for i, (k, s) in enumerate(zip(kind, status)) if k == SAMPLE and s == PENDING]
-        wanted = batch.select(["pixels", "pix_h", "pix_w", "words"]).take(todo).to_pylist() if todo else []
-        updates = dict(zip(todo, self.select(wanted)))
-        columns = []
-        for field in RESULT_SCHEMA:
-            if field.name in batch.column_names and field.name not in ("status", "reason"):
-                columns.append(batch.column(field.name).cast(field.type))
-                continue
-            base = batch.column(field.name).to_pylist() if field.name in batch.column_names else [None] * len(batch)
-            values = [updates[i].get(field.name, base[i]) if i in updates else base[i] for i in range(len(batch))]
-            columns.append(pa.array(values, type=field.type))
-        return pa.Table.from_arrays(columns, schema=RESULT_SCHEMA)
+        pending = pc.and_(pc.equal(batch.column("kind"), SAMPLE), pc.equal(batch.column("status"), PENDING))
+        todo = np.flatnonzero(pending.to_numpy(zero_copy_only=False))
+        pixels, heights, widths = batch.column("pixels"), batch.column("pix_h"), batch.column("pix_w")
+        words = batch.column("words").take(todo).to_pylist()
+        begin, start, cpu = time.time(), time.perf_counter(), time.thread_time()
+        chosen = self.select([(pixels[int(i)], heights[int(i)].as_py(), widths[int(i)].as_py()) for i in todo], words)
+        n = max(1, len(todo))  # the model's seconds (wall and this thread's CPU), spread over its rows
+        per_row, cpu_per_row, end = (time.perf_counter() - start) / n, (time.thread_time() - cpu) / n, time.time()
+        status, reason = batch.column("status").to_pylist(), batch.column("reason").to_pylist()
+        selections: list[Optional[Selection]] = [None] * len(batch)
+        for i, sel in zip(todo, chosen):
+            if sel.words:
+                selections[i] = sel
+            else:
+                status[i], reason[i] = NO_MATCH, sel.reason
+        ran = np.zeros(len(batch), dtype=bool)
+        ran[todo] = True
+        process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
+        new = {"status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
+               **selection_columns(selections),
+               "t_teacher": _where(ran, per_row), "t_teacher_cpu": _where(ran, cpu_per_row),
+               "t_teacher_process_cpu": pa.array(np.full(len(batch), process_cpu / len(batch))),
+               "teacher_begin": _where(ran, begin), "teacher_end": _where(ran, end),
+               "teacher_node": pa.array([self.node_id if r else None for r in ran], pa.string())}
+        return pa.Table.from_arrays([new[f.name] if f.name in new else batch.column(f.name) for f in RESULT_SCHEMA],
+                                    schema=RESULT_SCHEMA)
+
+
+def _where(ran: np.ndarray, value: float) -> pa.Array:
+    """A float64 column: `value` on the rows the teacher ran on, null elsewhere."""
+    return pa.array(np.full(len(ran), value), type=pa.float64(), mask=~ran)

@@ -1,5 +1,8 @@
-"""Write pseudo-labeled WebDataset shards: a Ray Data callable class, one actor for the whole run.
+"""Label and write pseudo-labeled WebDataset shards: a Ray Data callable class, one actor for the whole run.
 
+Each row arrives with the teacher's chosen regions; the writer pastes, binarises and encodes its
+masks, judges them against the sample's truth where it has any (`xpl.pseudo.instances.label_row`)
+and writes the sample straight away: the masks exist once, at the original size, only here.
 Rows of a shard arrive in any order, mixed with other shards. Labeled samples are appended to
 `<output>/tmp/<name>.tar` as they come; every row adds its manifest record. When the shard's "end"
 row has arrived and as many sample rows as it announced, the tar is moved into `shards/` and then
@@ -20,13 +23,20 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from xpl.data.tar_writer import AtomicTar
+from xpl.pseudo.instances import Labeled, label_row
 from xpl.pseudo.manifest import manifest_record, shard_path, tmp_dir, write_manifest
-from xpl.pseudo.rows import END, LABELED, SHARD_SCHEMA, STATUSES, TEACHER_CPU, TIMINGS, table
+from xpl.pseudo.rows import END, LABELED, PROCESS_CPU, SHARD_SCHEMA, STATUSES, TEACHER_CPU, TIMINGS, table
+from xpl.pseudo.selection_columns import read_selections
+
+# The columns the writer reads as Python values (the selection columns are read as numpy).
+ROW_COLUMNS = ("key", "url", "shard", "kind", "status", "reason", "count", "image_name", "image", "txt", "meta",
+               "caption", "width", "height", "scale", "teacher_node", "teacher_begin", "teacher_end",
+               *TIMINGS, TEACHER_CPU, PROCESS_CPU[0])
 
 
-def sample_members(row: dict[str, Any]) -> dict[str, bytes]:
+def sample_members(row: dict[str, Any], pseudo: str) -> dict[str, bytes]:
     """The tar members (suffix -> bytes) of one labeled sample: original image, caption and record, pseudo.json."""
-    members = {row["image_name"]: row["image"], "pseudo.json": row["pseudo"].encode()}
+    members = {row["image_name"]: row["image"], "pseudo.json": pseudo.encode()}
     if row["txt"] is not None:
         members["txt"] = row["txt"]
     if row["meta"] is not None:
@@ -42,7 +52,7 @@ class _OpenShard:
     expected: Optional[int] = None
     failure: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU), 0.0))
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU, *PROCESS_CPU), 0.0))
     teacher_begin: Optional[float] = None
     teacher_end: Optional[float] = None
 
@@ -52,11 +62,15 @@ class _OpenShard:
 
 
 class ShardWriter:
-    """Appends result rows to their shard's temporary tar; finishes shards; returns one row per finished shard."""
+    """Labels result rows and appends them to their shard's temporary tar; finishes shards; returns one
+    row per finished shard. `ids_by_name` (class name -> id) turns on judging against truth."""
 
-    def __init__(self, output: str) -> None:
+    def __init__(self, output: str, mask_threshold: float = 0.5, ids_by_name: Optional[dict[str, int]] = None) -> None:
         self.output = Path(output)
+        self.mask_threshold = mask_threshold
+        self.ids_by_name = ids_by_name
         self.open: dict[str, _OpenShard] = {}
+        self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
     def _shard(self, row: dict[str, Any]) -> _OpenShard:
         shard = self.open.get(row["shard"])
@@ -66,12 +80,12 @@ class ShardWriter:
             shard = self.open[name] = _OpenShard(name, row["url"], tar)
         return shard
 
-    def _add(self, shard: _OpenShard, row: dict[str, Any]) -> None:
+    def _add(self, shard: _OpenShard, row: dict[str, Any], labeled: Labeled) -> None:
         start = time.perf_counter()
-        if row["status"] == LABELED:
-            shard.tar.write(row["key"], sample_members(row))
-        shard.records.append(manifest_record(row))
-        row["t_write"] = time.perf_counter() - start
+        if labeled.status == LABELED:
+            shard.tar.write(row["key"], sample_members(row, labeled.pseudo))
+        shard.records.append(manifest_record(row["key"], labeled, row.get("teacher_node")))
+        row.update(labeled.seconds, t_write=time.perf_counter() - start)
         for stage in shard.timings:
             shard.timings[stage] += row.get(stage) or 0.0
         if row.get("teacher_begin") is not None:
@@ -96,13 +110,19 @@ class ShardWriter:
                 "teacher_end": shard.teacher_end}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        finished = []
-        for row in batch.to_pylist():
+        selections = read_selections(batch)
+        rows = batch.select([c for c in ROW_COLUMNS if c in batch.column_names]).to_pylist()
+        touched = []
+        for row, selection in zip(rows, selections):
             shard = self._shard(row)
+            touched.append(shard.name)
             if row["kind"] == END:
                 shard.expected, shard.failure = row["count"], row["reason"]
             else:
-                self._add(shard, row)
-            if shard.complete:
-                finished.append(self._finish(shard))
+                labeled = label_row(row, selection, mask_threshold=self.mask_threshold, ids_by_name=self.ids_by_name)
+                self._add(shard, row, labeled)
+        process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
+        for name in touched:
+            self.open[name].timings[PROCESS_CPU[1]] += process_cpu / len(rows)
+        finished = [self._finish(self.open[name]) for name in dict.fromkeys(touched) if self.open[name].complete]
         return table(finished, SHARD_SCHEMA)
