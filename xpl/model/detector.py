@@ -303,11 +303,20 @@ class OpenVocabMaskRCNN(MaskRCNN):
         `regions()` finds them (boxes without gradient) and embedded with gradient, so a caption-
         grounding loss trains the very path pseudo-labeling aligns words with."""
         image_list, features = self._features(images)
+        return self.candidate_embeddings_of(image_list, features, max_regions=max_regions, nms_thresh=nms_thresh,
+                                            min_box_size=min_box_size)
+
+    def candidate_embeddings_of(
+        self, image_list: ImageList, features: dict[str, torch.Tensor], *, max_regions: int = 32,
+        nms_thresh: float = 0.5, min_box_size: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`candidate_embeddings` on images already through the transform and backbone (a caller that has
+        their features, e.g. the student's pseudo branch, does not run the backbone twice)."""
         boxes, _ = self._candidate_boxes(image_list, features, nms_thresh=nms_thresh, max_regions=max_regions,
                                          min_box_size=min_box_size)
         embeddings = self.v2l(self.roi_heads.box_features(features, boxes, image_list.image_sizes)).float()
         counts = [len(b) for b in boxes]
-        padded = embeddings.new_zeros(len(images), max(1, max(counts)), embeddings.shape[-1])
+        padded = embeddings.new_zeros(len(boxes), max(1, max(counts)), embeddings.shape[-1])
         valid = torch.zeros(padded.shape[:2], dtype=torch.bool, device=padded.device)
         for i, part in enumerate(embeddings.split(counts)):
             padded[i, : len(part)] = part

@@ -79,12 +79,8 @@ class RobustStudent(torch.nn.Module):
         self._use_classes(self.all_embeddings)
         stats: dict[str, float] = {}
         if pseudo_images:
-            pseudo_losses, stats = self._pseudo_branch(pseudo_images, pseudo_targets)
+            pseudo_losses, stats = self._pseudo_branch(pseudo_images, pseudo_targets, caption_labels)
             losses.update(pseudo_losses)
-            if caption_labels is not None:
-                regions, valid = self.detector.candidate_embeddings(pseudo_images)
-                losses["loss_caption_labels"] = caption_label_loss(regions, valid, self.all_embeddings,
-                                                                   caption_labels)
         if self.training:
             self.calls += 1
         return losses, stats
@@ -107,14 +103,18 @@ class RobustStudent(torch.nn.Module):
             classes.append(lab[keep])
         return boxes, index, classes
 
-    def _pseudo_branch(self, images: list[torch.Tensor], targets: Targets) -> tuple[dict[str, torch.Tensor],
-                                                                                 dict[str, float]]:
+    def _pseudo_branch(self, images: list[torch.Tensor], targets: Targets,
+                       caption_labels: Optional[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         det = self.detector
         heads = det.roi_heads
         images = det._cast(images)
         image_list, targets = det.transform(images, targets)
         features = det.backbone(image_list.tensors)
         sizes = image_list.image_sizes
+        losses: dict[str, torch.Tensor] = {}
+        if caption_labels is not None:
+            regions, valid = det.candidate_embeddings_of(image_list, features)
+            losses["loss_caption_labels"] = caption_label_loss(regions, valid, self.all_embeddings, caption_labels)
         with torch.no_grad():
             proposals, _ = det._proposals_with_objectness(image_list, features)
         boxes, index, labels = self._positives([p.detach() for p in proposals], targets)
@@ -133,10 +133,8 @@ class RobustStudent(torch.nn.Module):
                                                                                                    dtype=torch.float32)
         ce = F.cross_entropy(class_logits.float(), labels_all, reduction="none")
         n = max(len(labels_all), 1)
-        losses = {
-            "loss_pseudo_classifier": (weights * ce).sum() / n,
-            "loss_pseudo_mask": robust_mask_loss(mu, log_var, mask_targets, mode=self.mode, samples=self.samples),
-        }
+        losses["loss_pseudo_classifier"] = (weights * ce).sum() / n
+        losses["loss_pseudo_mask"] = robust_mask_loss(mu, log_var, mask_targets, mode=self.mode, samples=self.samples)
         if self.pseudo_box_loss:
             matched_boxes = torch.cat([t["boxes"][i] for t, i in zip(targets, index)])
             regression = heads.box_coder.encode([matched_boxes], [torch.cat(boxes)])[0]

@@ -116,7 +116,10 @@ def run_stage(name: str, digest: str, marker: Path, work: Callable[[], dict[str,
 
 def _training_outputs(cfg: DictConfig, section: str, name: str) -> list[Path]:
     """A training stage's model folder and its Ray Train run folder (checkpoints it would resume from)."""
-    return [Path(cfg.output_dir) / name, Path(cfg[section].train.storage_path) / f"{cfg.run_name}-{name}"]
+    from xpl.stages.common import stage_dir
+    from xpl.train.engine import run_folder_name
+
+    return [stage_dir(cfg, name), Path(cfg[section].train.storage_path) / run_folder_name(cfg.run_name, name)]
 
 
 def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:

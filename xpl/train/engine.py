@@ -269,6 +269,11 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+def run_folder_name(run_name: str, stage: str) -> str:
+    """The Ray Train run's folder under `train.storage_path`: its checkpoints, which a re-run resumes from."""
+    return f"{run_name}-{stage}"
+
+
 def fit(task: Task, settings: TrainSettings, out_dir: Path) -> TrainResult:
     """Train `task` on the running Ray cluster; copy the final exported model to `out_dir/model.pt`."""
     import ray.train
@@ -283,7 +288,7 @@ def fit(task: Task, settings: TrainSettings, out_dir: Path) -> TrainResult:
             resources_per_worker=None if settings.use_gpu else {"CPU": settings.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=f"{settings.run_name}-{task.stage}",
+            name=run_folder_name(settings.run_name, task.stage),
             storage_path=_storage_uri(settings.storage_path),
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
