@@ -137,14 +137,14 @@ def test_student_trains_logs_and_exports_a_working_model(shapes_world, pseudo_sh
     from xpl.stages.student import run_student
 
     cfg = student_config(shapes_world, pseudo_shards, random_teacher, tmp_path, "student.train.steps=3",
-                         "student.corrupt.share=0.5", "student.name=robust")
+                         "student.corrupt.share=0.5", "student.name=robust", "student.caption_label_weight=1")
     result = run_student(cfg)
     assert result["step"] == 3
     client, found = stage_runs(tmp_path, "robust")
     assert len(found) == 1
     metrics = found[0].data.metrics
-    for name in ("loss_pseudo_mask", "loss_pseudo_classifier", "loss_classifier", "loss_mask", "sigma",
-                 "instance_weight_std", "images_per_s", "pseudo_positives"):
+    for name in ("loss_pseudo_mask", "loss_pseudo_classifier", "loss_caption_labels", "loss_classifier", "loss_mask",
+                 "sigma", "instance_weight_std", "images_per_s", "pseudo_positives"):
         assert name in metrics, name
     assert 0 < metrics["sigma"] < 10 and metrics["pseudo_positives"] > 0 and metrics["peak_memory_mb"] > 0
     shares = [v for k, v in metrics.items() if k.startswith("share.")]
