@@ -120,6 +120,19 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
     pictures = re.findall(r'src="(gallery/[^"]+)"', page)
     assert pictures and all((out / "report" / p).is_file() for p in pictures)
 
+    # small blocks through two writers: many parts per shard, joined in input order into the same bytes
+    two = pl_config(shapes_world, tmp_path / "two", random_teacher, "pseudolabel.num_writers=2",
+                    "pseudolabel.block_rows=3")
+    run_pseudolabel(two)
+    two_out = Path(two.pseudolabel.output)
+    for sub in ("shards", "manifest"):
+        names = sorted(p.name for p in (out / sub).iterdir())
+        assert names == sorted(p.name for p in (two_out / sub).iterdir()) and names
+        assert all((two_out / sub / n).read_bytes() == (out / sub / n).read_bytes() for n in names)
+    assert not list((two_out / "tmp").iterdir())
+    order = [k for k in inputs if k in set(output_keys(out))]  # input order (dicts keep insertion order)
+    assert output_keys(out) == order
+
     # a second run finds everything done and touches nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.*") if p.parent.name in ("shards", "manifest")}
     again = run_pseudolabel(cfg)

@@ -10,12 +10,12 @@ import zlib
 from pathlib import Path
 
 import fsspec
-import pyarrow as pa
 import pytest
 from PIL import Image
 
 from xpl.config import load_config
 from xpl.pseudo import manifest
+from xpl.pseudo.assemble import ShardAssembler
 from xpl.pseudo.decode import decode_sample
 from xpl.pseudo.source import ShardTask, read_shard
 from xpl.pseudo.writer import ShardWriter
@@ -170,9 +170,12 @@ def test_a_shard_whose_read_fails_gets_no_manifest_and_is_redone(shapes_world, s
     data = (shapes_world / "captions" / "00000.tar").read_bytes()
 
     def write(url: str) -> dict:
-        blocks = list(read_shard(ShardTask(url, "00000"), block_rows=4))
-        (finished,) = ShardWriter(str(tmp_path))(pa.concat_tables(blocks)).to_pylist()
-        return finished
+        """Blocks through the writer, the last (with the end row) first; the driver's assembler joins them."""
+        writer, assembler = ShardWriter(str(tmp_path)), ShardAssembler(tmp_path)
+        parts = [part for block in read_shard(ShardTask(url, "00000"), block_rows=4) for part in writer(block).to_pylist()]
+        rows = [assembler.add(part) for part in reversed(parts)]
+        assert all(row is None for row in rows[:-1]) and not assembler.open
+        return rows[-1]
 
     manifest.prepare_output(tmp_path)
     failed = write(stream_shard("00000.tar", data, fail_after=len(data) // 2))

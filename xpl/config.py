@@ -151,6 +151,8 @@ class PseudoLabelConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 0.5
     num_cpus_per_task: float = 0.25
+    num_writers: int = 1  # writer actors (on the driver's node); one keeps up with a few hundred images/s
+    block_rows: int = 64  # rows per block from the shard reader to the writers (per-block costs fall with size)
     actor_resources: dict[str, float] = field(default_factory=dict)
     threads_per_actor: int = 0  # torch threads per actor; 0: round(num_cpus_per_actor), at least 1
     image_size: int = "${model.image_size}"  # type: ignore[assignment]

@@ -8,9 +8,10 @@ samples (no time stamps or owner names): the same input gives a byte-identical s
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 from types import TracebackType
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import webdataset as wds
 
@@ -57,3 +58,34 @@ class AtomicTar:
             self.commit()
         else:
             self.abort()
+
+
+def join_tars(parts: Sequence[str | os.PathLike], path: str | os.PathLike, tmp: str | os.PathLike) -> Path:
+    """One archive at `path` with the members of `parts`, in order: each part's member bytes as they
+    are, then one end-of-archive marker. The result is byte for byte what one `AtomicTar` writing all
+    the samples in that order would give, without decoding or re-encoding a member. Written to `tmp`,
+    flushed, then moved into place."""
+    path, tmp = Path(path), Path(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as source:
+                out.write(source.read(_members_end(part)))
+        end = out.tell() + 2 * tarfile.BLOCKSIZE
+        out.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+        out.flush()
+        os.fsync(out.fileno())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _members_end(part: str | os.PathLike) -> int:
+    """The byte offset where a tar's last member (header, data, padding) ends: its end-of-archive
+    marker and record padding start there."""
+    with tarfile.open(part, "r:") as tar:
+        members = tar.getmembers()
+    if not members:
+        return 0
+    last = members[-1]
+    return last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE

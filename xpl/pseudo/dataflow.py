@@ -7,21 +7,24 @@
                                                and custom resources per actor from config): only
                                                model work in the actor; out go the chosen regions'
                                                boxes, scores and mask tiles; rows record its node id
-      .map_batches(ShardWriter, 1 actor)       paste, binarise, RLE, pseudo.json, judge against truth,
-                                               output shards + manifests; yields one row per shard
+      .map_batches(ShardWriter, actor pool)    paste, binarise, RLE, pseudo.json, judge against truth,
+                                               one tar part + manifest records per shard and block
+    driver: ShardAssembler                     joins a shard's parts when all its rows have passed,
+                                               writes its manifest; yields one row per finished shard
 
 Blocks stay whole from the reader to the writer (`batch_size=None`: one call per block, `block_rows`
 rows); the teacher runs the model on `batch_size` images at a time inside a block. Rows cross stages
 as Arrow columns only (`xpl.pseudo.rows`): no per-row json, npz or pickled tensors.
 
-Why per-shard accounting with a writer actor, not `write_webdataset`: resume needs to know which
-input shards are complete, and Ray's writers name files per block, not per input shard. Each
-input shard maps to one output shard + manifest; the reader ends every shard with an "end" row
-that carries its row count, so the writer can close a shard as soon as all its rows (which may
-arrive in any order, interleaved with other shards) have passed. The pipeline streams: memory is
-bounded by Ray Data's per-operator budgets, and only one small row per finished shard reaches the
-driver. The writer actor is pinned to the driver's node, so a local output folder works on a
-cluster as long as the driver's node can hold it (use a shared filesystem otherwise).
+Why per-shard accounting, not `write_webdataset`: resume needs to know which input shards are
+complete, and Ray's writers name files per block, not per input shard. Each input shard maps to one
+output shard + manifest; the reader ends every shard with an "end" row that carries its row count,
+so the driver can assemble a shard as soon as all its rows (which may arrive in any order, from any
+writer, interleaved with other shards) have been written. The pipeline streams: memory is bounded by
+Ray Data's per-operator budgets, and only one small row per part reaches the driver. Writers are a
+pool of `num_writers` actors (each pastes, encodes and writes at a few ms per image: one keeps up with
+a few hundred images/s), pinned to the driver's node, which assembles their parts from its local disk:
+a local output folder works on a cluster as long as the driver's node can hold it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import ray
 
+from xpl.pseudo.assemble import ShardAssembler
 from xpl.pseudo.decode import decode_batch
 from xpl.pseudo.source import CaptionShardDatasource, ShardTask
 from xpl.pseudo.teacher_actor import Teacher
@@ -59,7 +63,8 @@ class Settings:
     cosine: bool
     grow: Sequence[float]
     grow_touch: float
-    block_rows: int = 64  # rows per block the shard reader hands Ray Data (per-block costs fall with size)
+    num_writers: int
+    block_rows: int
 
     @classmethod
     def from_config(cls, pl: Any) -> "Settings":
@@ -111,19 +116,24 @@ def build_dataset(
     )
     here = ray.get_runtime_context().get_node_id()
     return ds.map_batches(
-        ShardWriter, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=1),
+        ShardWriter, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=settings.num_writers),
         num_cpus=cpu, fn_constructor_kwargs={"output": output, "mask_threshold": settings.mask_threshold,
                                               "ids_by_name": {c.name: c.id for c in vocab.categories}},
-        label_selector={"ray.io/node-id": here},  # the writer runs on the driver's node
+        label_selector={"ray.io/node-id": here},  # writers run on the driver's node (it assembles their parts)
     )
 
 
-def run_shards(shards: list[ShardTask], **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """Run the pipeline over `shards`; yield each finished shard's row as it completes."""
+def run_shards(shards: list[ShardTask], *, output: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Run the pipeline over `shards`; yield each finished shard's row (`ShardAssembler.add`) as it completes."""
     if not shards:
         return
-    ds = build_dataset(shards, **kwargs)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            row["timings"] = json.loads(row["timings"])
-            yield row
+    assembler = ShardAssembler(output)
+    for batch in build_dataset(shards, output=output, **kwargs).iter_batches(batch_size=None,
+                                                                             batch_format="pyarrow"):
+        for part in batch.to_pylist():
+            finished = assembler.add(part)
+            if finished is not None:
+                yield finished
+    if assembler.open:
+        raise RuntimeError(f"pseudo-labeling ended with shards missing rows (left unfinished for the next run): "
+                           f"{sorted(assembler.open)}")

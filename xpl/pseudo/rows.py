@@ -4,8 +4,8 @@ Every stage returns a `pyarrow.Table` with one of these schemas, so blocks alway
 columns and types (a batch of only rejected rows has null pixels, not a differently typed column).
 
 Row kinds: "sample" (one input key) and "end" (one per input shard, last, with `count` = the
-number of sample rows the reader emitted for that shard; the writer closes a shard when it has
-seen them all). Statuses: "pending" (to be labeled by the teacher), "labeled", "no_match",
+number of sample rows the reader emitted for that shard; the shard is assembled when all of them
+have been written). `index` orders a shard's rows as they were read. Statuses: "pending" (to be labeled by the teacher), "labeled", "no_match",
 "rejected" (bad input; `reason` says why).
 
 Only Arrow columns cross stages: no per-row json or npz. Caption words and the teacher's chosen
@@ -44,6 +44,7 @@ _COMMON = [
     ("status", pa.string()),
     ("reason", pa.string()),
     ("count", pa.int64()),
+    ("index", pa.int64()),  # position in the input shard: samples 0..n-1, the end row n
     ("image_name", pa.string()),  # the image member's suffix, e.g. "jpg"
     ("image", pa.binary()),  # original image bytes, unchanged
     ("txt", pa.binary()),  # original caption bytes
@@ -100,20 +101,19 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 
-# Writer output: one row per finished output shard.
-SHARD_SCHEMA = pa.schema(
+# Writer output: one row per part (the rows of one input shard in one block).
+PART_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),
         ("url", pa.string()),
-        ("samples", pa.int64()),
-        ("labeled", pa.int64()),
-        ("no_match", pa.int64()),
-        ("rejected", pa.int64()),
-        ("instances", pa.int64()),
-        ("timings", pa.string()),  # json {stage: seconds summed over the shard's rows}
-        ("teacher_begin", pa.float64()),  # earliest teacher batch start of the shard's rows (epoch s)
-        ("teacher_end", pa.float64()),  # latest teacher batch end
-        ("failure", pa.string()),  # set when the shard's reader failed: dropped, retried by the next run
+        ("first", pa.int64()),  # the smallest row index in the part: parts are joined in this order
+        ("tar", pa.string()),  # the part's tar of labeled samples; null when it has none
+        ("records", pa.string()),  # json list of the part's manifest records, in row order
+        ("expected", pa.int64()),  # the shard's sample count, when the part holds its end row
+        ("failure", pa.string()),  # the shard's reader failed (end row's reason)
+        ("timings", pa.string()),  # json {stage: seconds summed over the part's rows}
+        ("teacher_begin", pa.float64()),
+        ("teacher_end", pa.float64()),
     ]
 )
 

@@ -43,7 +43,7 @@ def read_shard(task: ShardTask, block_rows: int = 32) -> Iterator[pa.Table]:
     def sample_row(key: str, members: dict[str, bytes], error: Optional[str]) -> dict:
         suffix = image_member(members)
         return {
-            "key": key, "url": task.url, "shard": task.name, "kind": SAMPLE,
+            "key": key, "url": task.url, "shard": task.name, "kind": SAMPLE, "index": count,
             "status": REJECTED if error else PENDING, "reason": error,
             "image_name": suffix, "image": members[suffix] if suffix else None,
             "txt": members.get("txt"), "meta": members.get("json"),
@@ -61,7 +61,8 @@ def read_shard(task: ShardTask, block_rows: int = 32) -> Iterator[pa.Table]:
                     rows, start = [], time.perf_counter()
     except OSError as exc:  # missing, permissions, network: the shard fails and is retried by the next run
         failure = f"{READ_ERROR}: {type(exc).__name__}: {exc} (after {count} records)"
-    rows.append({"key": None, "url": task.url, "shard": task.name, "kind": END, "count": count, "reason": failure})
+    rows.append({"key": None, "url": task.url, "shard": task.name, "kind": END, "count": count, "index": count,
+                 "reason": failure})
     yield _block(rows, start)
 
 

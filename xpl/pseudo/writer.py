@@ -1,15 +1,14 @@
-"""Label and write pseudo-labeled WebDataset shards: a Ray Data callable class, one actor for the whole run.
+"""Label and write pseudo-labeled samples: a Ray Data callable class, run by a pool of writer actors.
 
 Each row arrives with the teacher's chosen regions; the writer pastes, binarises and encodes its
 masks, judges them against the sample's truth where it has any (`xpl.pseudo.instances.label_row`)
 and writes the sample straight away: the masks exist once, at the original size, only here.
-Rows of a shard arrive in any order, mixed with other shards. Labeled samples are appended to
-`<output>/tmp/<name>.tar` as they come; every row adds its manifest record. When the shard's "end"
-row has arrived and as many sample rows as it announced, the tar is moved into `shards/` and then
-the manifest is written (atomically, last): from then on the shard counts as done. An end row with a
-`reason` (the reader hit an I/O error) drops the shard instead: no tar, no manifest, and the
-returned row's `failure` says why, so the next run redoes it. A kill at any point leaves either a
-finished shard or no manifest, and the next run redoes the latter whole.
+The rows of one input shard in one block make a *part*: its labeled samples go to
+`<output>/tmp/<shard>/<first row index>.tar`, and the writer returns one `PART_SCHEMA` row with the
+part's manifest records. Any writer takes any block, so writers scale with the data (`num_writers`)
+instead of one actor owning every shard; `xpl.pseudo.assemble.ShardAssembler`, on the driver, joins
+a shard's parts in row order once all its rows have passed. A part's name depends only on its rows,
+so a block redone after an actor failure rewrites the same part, not a second copy.
 """
 
 from __future__ import annotations
@@ -24,12 +23,12 @@ import pyarrow as pa
 
 from xpl.data.tar_writer import AtomicTar
 from xpl.pseudo.instances import Labeled, label_row
-from xpl.pseudo.manifest import manifest_record, shard_path, tmp_dir, write_manifest
-from xpl.pseudo.rows import END, LABELED, PROCESS_CPU, SHARD_SCHEMA, STATUSES, TEACHER_CPU, TIMINGS, table
+from xpl.pseudo.manifest import manifest_record, tmp_dir
+from xpl.pseudo.rows import END, LABELED, PART_SCHEMA, PROCESS_CPU, TEACHER_CPU, TIMINGS, table
 from xpl.pseudo.selection_columns import read_selections
 
 # The columns the writer reads as Python values (the selection columns are read as numpy).
-ROW_COLUMNS = ("key", "url", "shard", "kind", "status", "reason", "count", "image_name", "image", "txt", "meta",
+ROW_COLUMNS = ("key", "url", "shard", "kind", "status", "reason", "count", "index", "image_name", "image", "txt", "meta",
                "caption", "width", "height", "scale", "teacher_node", "teacher_begin", "teacher_end",
                *TIMINGS, TEACHER_CPU, PROCESS_CPU[0])
 
@@ -45,84 +44,80 @@ def sample_members(row: dict[str, Any], pseudo: str) -> dict[str, bytes]:
 
 
 @dataclass
-class _OpenShard:
-    name: str
+class _Part:
+    """The rows of one shard in one block, while the writer handles them."""
+
+    shard: str
     url: str
-    tar: AtomicTar
+    first: int
+    tar_path: Path
+    tar: Optional[AtomicTar] = None
     expected: Optional[int] = None
     failure: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    rows: int = 0
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU, *PROCESS_CPU), 0.0))
     teacher_begin: Optional[float] = None
     teacher_end: Optional[float] = None
 
-    @property
-    def complete(self) -> bool:
-        return self.expected is not None and len(self.records) >= self.expected
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if self.tar is None:
+            self.tar = AtomicTar(self.tar_path, tmp=self.tar_path.with_suffix(".tmp"))
+        self.tar.write(key, members)
+
+    def finish(self) -> dict[str, Any]:
+        """Commit the part's tar (if it has samples); its `PART_SCHEMA` row."""
+        start = time.perf_counter()
+        tar = str(self.tar.commit()) if self.tar is not None else None
+        self.timings["t_write"] += time.perf_counter() - start
+        return {"shard": self.shard, "url": self.url, "first": self.first, "tar": tar,
+                "records": json.dumps(self.records, separators=(",", ":")), "expected": self.expected,
+                "failure": self.failure, "timings": json.dumps(self.timings), "teacher_begin": self.teacher_begin,
+                "teacher_end": self.teacher_end}
 
 
 class ShardWriter:
-    """Labels result rows and appends them to their shard's temporary tar; finishes shards; returns one
-    row per finished shard. `ids_by_name` (class name -> id) turns on judging against truth."""
+    """Labels result rows and writes them as parts; returns one `PART_SCHEMA` row per part.
+    `ids_by_name` (class name -> id) turns on judging against truth."""
 
     def __init__(self, output: str, mask_threshold: float = 0.5, ids_by_name: Optional[dict[str, int]] = None) -> None:
         self.output = Path(output)
         self.mask_threshold = mask_threshold
         self.ids_by_name = ids_by_name
-        self.open: dict[str, _OpenShard] = {}
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
-    def _shard(self, row: dict[str, Any]) -> _OpenShard:
-        shard = self.open.get(row["shard"])
-        if shard is None:
-            name = row["shard"]
-            tar = AtomicTar(shard_path(self.output, name), tmp=tmp_dir(self.output) / f"{name}.tar")
-            shard = self.open[name] = _OpenShard(name, row["url"], tar)
-        return shard
-
-    def _add(self, shard: _OpenShard, row: dict[str, Any], labeled: Labeled) -> None:
+    def _add(self, part: _Part, row: dict[str, Any], labeled: Labeled) -> None:
         start = time.perf_counter()
         if labeled.status == LABELED:
-            shard.tar.write(row["key"], sample_members(row, labeled.pseudo))
-        shard.records.append(manifest_record(row["key"], labeled, row.get("teacher_node")))
+            part.write(row["key"], sample_members(row, labeled.pseudo))
+        part.records.append(manifest_record(row["key"], labeled, row.get("teacher_node")))
         row.update(labeled.seconds, t_write=time.perf_counter() - start)
-        for stage in shard.timings:
-            shard.timings[stage] += row.get(stage) or 0.0
+        for stage in part.timings:
+            part.timings[stage] += row.get(stage) or 0.0
         if row.get("teacher_begin") is not None:
-            shard.teacher_begin = min(shard.teacher_begin or row["teacher_begin"], row["teacher_begin"])
-            shard.teacher_end = max(shard.teacher_end or row["teacher_end"], row["teacher_end"])
-
-    def _finish(self, shard: _OpenShard) -> dict[str, Any]:
-        """Commit the shard and write its manifest; or, when its reader failed, drop both (retried next run)."""
-        start = time.perf_counter()
-        del self.open[shard.name]
-        if shard.failure is not None:
-            shard.tar.abort()
-            return {"shard": shard.name, "url": shard.url, "samples": len(shard.records), "failure": shard.failure,
-                    "timings": json.dumps(shard.timings)}
-        shard.tar.commit()
-        write_manifest(self.output, shard.name, shard.records)
-        shard.timings["t_write"] += time.perf_counter() - start
-        counts = {s: sum(1 for r in shard.records if r["status"] == s) for s in STATUSES}
-        return {"shard": shard.name, "url": shard.url, "samples": len(shard.records), **counts,
-                "instances": sum(r.get("instances", 0) for r in shard.records),
-                "timings": json.dumps(shard.timings), "teacher_begin": shard.teacher_begin,
-                "teacher_end": shard.teacher_end}
+            part.teacher_begin = min(part.teacher_begin or row["teacher_begin"], row["teacher_begin"])
+            part.teacher_end = max(part.teacher_end or row["teacher_end"], row["teacher_end"])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         selections = read_selections(batch)
         rows = batch.select([c for c in ROW_COLUMNS if c in batch.column_names]).to_pylist()
-        touched = []
+        first: dict[str, int] = {}
+        for row in rows:
+            first[row["shard"]] = min(first.get(row["shard"], row["index"]), row["index"])
+        parts: dict[str, _Part] = {}
         for row, selection in zip(rows, selections):
-            shard = self._shard(row)
-            touched.append(shard.name)
+            part = parts.get(row["shard"])
+            if part is None:
+                start = first[row["shard"]]
+                part = parts[row["shard"]] = _Part(row["shard"], row["url"], start,
+                                                   tmp_dir(self.output) / row["shard"] / f"{start:012d}.tar")
+            part.rows += 1
             if row["kind"] == END:
-                shard.expected, shard.failure = row["count"], row["reason"]
+                part.expected, part.failure = row["count"], row["reason"]
             else:
                 labeled = label_row(row, selection, mask_threshold=self.mask_threshold, ids_by_name=self.ids_by_name)
-                self._add(shard, row, labeled)
+                self._add(part, row, labeled)
         process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
-        for name in touched:
-            self.open[name].timings[PROCESS_CPU[1]] += process_cpu / len(rows)
-        finished = [self._finish(self.open[name]) for name in dict.fromkeys(touched) if self.open[name].complete]
-        return table(finished, SHARD_SCHEMA)
+        for part in parts.values():
+            part.timings[PROCESS_CPU[1]] += process_cpu * part.rows / len(rows)
+        return table([part.finish() for part in parts.values()], PART_SCHEMA)
