@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from xpl.data.tar_writer import join_tars
 from xpl.pseudo.manifest import shard_path, tmp_dir, write_manifest
-from xpl.pseudo.rows import STATUSES
+from xpl.pseudo.rows import STATUSES, widen_teacher_window
 
 
 @dataclass
@@ -53,9 +53,7 @@ class ShardAssembler:
             shard.expected, shard.failure = part["expected"], part["failure"]
         for stage, seconds in json.loads(part["timings"]).items():
             shard.timings[stage] = shard.timings.get(stage, 0.0) + seconds
-        if part["teacher_begin"] is not None:
-            shard.teacher_begin = min(shard.teacher_begin or part["teacher_begin"], part["teacher_begin"])
-            shard.teacher_end = max(shard.teacher_end or part["teacher_end"], part["teacher_end"])
+        shard.teacher_begin, shard.teacher_end = widen_teacher_window(shard.teacher_begin, shard.teacher_end, part)
         if shard.expected is None or shard.samples < shard.expected:
             return None
         del self.open[shard.name]

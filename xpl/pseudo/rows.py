@@ -5,8 +5,8 @@ columns and types (a batch of only rejected rows has null pixels, not a differen
 
 Row kinds: "sample" (one input key) and "end" (one per input shard, last, with `count` = the
 number of sample rows the reader emitted for that shard; the shard is assembled when all of them
-have been written). `index` orders a shard's rows as they were read. Statuses: "pending" (to be labeled by the teacher), "labeled", "no_match",
-"rejected" (bad input; `reason` says why).
+have been written). `index` orders a shard's rows as they were read. Statuses: "pending" (to be
+labeled by the teacher), "labeled", "no_match", "rejected" (bad input; `reason` says why).
 
 Only Arrow columns cross stages: no per-row json or npz. Caption words and the teacher's chosen
 regions are list columns; only the chosen regions' mask tiles travel from the teacher to the writer.
@@ -14,7 +14,7 @@ regions are list columns; only the chosen regions' mask tiles travel from the te
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Optional
 
 import pyarrow as pa
 
@@ -122,3 +122,13 @@ def table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Rows (dicts; missing columns are null) as a table of exactly `schema`."""
     rows = list(rows)
     return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
+
+
+def widen_teacher_window(begin: Optional[float], end: Optional[float],
+                         item: Mapping[str, Any]) -> tuple[Optional[float], Optional[float]]:
+    """The wall-clock window (epoch s) the teacher worked in, widened by a row's or part's
+    `teacher_begin`/`teacher_end` when it has them."""
+    if item.get("teacher_begin") is None:
+        return begin, end
+    item_begin, item_end = item["teacher_begin"], item["teacher_end"]
+    return min(begin or item_begin, item_begin), max(end or item_end, item_end)

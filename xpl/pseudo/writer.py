@@ -24,7 +24,7 @@ import pyarrow as pa
 from xpl.data.tar_writer import AtomicTar
 from xpl.pseudo.instances import Labeled, label_row
 from xpl.pseudo.manifest import manifest_record, tmp_dir
-from xpl.pseudo.rows import END, LABELED, PART_SCHEMA, PROCESS_CPU, TEACHER_CPU, TIMINGS, table
+from xpl.pseudo.rows import END, LABELED, PART_SCHEMA, PROCESS_CPU, TEACHER_CPU, TIMINGS, table, widen_teacher_window
 from xpl.pseudo.selection_columns import read_selections
 
 # The columns the writer reads as Python values (the selection columns are read as numpy).
@@ -55,7 +55,6 @@ class _Part:
     expected: Optional[int] = None
     failure: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list)
-    rows: int = 0
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU, *PROCESS_CPU), 0.0))
     teacher_begin: Optional[float] = None
     teacher_end: Optional[float] = None
@@ -94,30 +93,29 @@ class ShardWriter:
         row.update(labeled.seconds, t_write=time.perf_counter() - start)
         for stage in part.timings:
             part.timings[stage] += row.get(stage) or 0.0
-        if row.get("teacher_begin") is not None:
-            part.teacher_begin = min(part.teacher_begin or row["teacher_begin"], row["teacher_begin"])
-            part.teacher_end = max(part.teacher_end or row["teacher_end"], row["teacher_end"])
+        part.teacher_begin, part.teacher_end = widen_teacher_window(part.teacher_begin, part.teacher_end, row)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        selections = read_selections(batch)
-        rows = batch.select([c for c in ROW_COLUMNS if c in batch.column_names]).to_pylist()
-        first: dict[str, int] = {}
-        for row in rows:
-            first[row["shard"]] = min(first.get(row["shard"], row["index"]), row["index"])
-        parts: dict[str, _Part] = {}
-        for row, selection in zip(rows, selections):
-            part = parts.get(row["shard"])
-            if part is None:
-                start = first[row["shard"]]
-                part = parts[row["shard"]] = _Part(row["shard"], row["url"], start,
-                                                   tmp_dir(self.output) / row["shard"] / f"{start:012d}.tar")
-            part.rows += 1
+    def _part(self, group: list[tuple[dict[str, Any], Any]]) -> _Part:
+        """Label and write one shard's rows of a block (their selections beside them) as one part."""
+        shard, url = group[0][0]["shard"], group[0][0]["url"]
+        first = min(row["index"] for row, _ in group)
+        part = _Part(shard, url, first, tmp_dir(self.output) / shard / f"{first:012d}.tar")
+        for row, selection in group:
             if row["kind"] == END:
                 part.expected, part.failure = row["count"], row["reason"]
             else:
                 labeled = label_row(row, selection, mask_threshold=self.mask_threshold, ids_by_name=self.ids_by_name)
                 self._add(part, row, labeled)
+        return part
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        selections = read_selections(batch)
+        rows = batch.select([c for c in ROW_COLUMNS if c in batch.column_names]).to_pylist()
+        groups: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        for row, selection in zip(rows, selections):
+            groups.setdefault(row["shard"], []).append((row, selection))
+        parts = [self._part(group) for group in groups.values()]
         process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
-        for part in parts.values():
-            part.timings[PROCESS_CPU[1]] += process_cpu * part.rows / len(rows)
-        return table([part.finish() for part in parts.values()], PART_SCHEMA)
+        for part, group in zip(parts, groups.values()):
+            part.timings[PROCESS_CPU[1]] += process_cpu * len(group) / len(rows)
+        return table([part.finish() for part in parts], PART_SCHEMA)
