@@ -26,8 +26,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops.poolers import _setup_scales
 
 from xpl.errors import XPLError
+from xpl.model.roi_pool import boxes_to_rois, pool_levels
 
 BACKBONES = ("tiny", "r50_fpn")
 NORMS = ("group", "frozen_bn")
@@ -44,14 +46,28 @@ class Fp32AnchorGenerator(AnchorGenerator):
 
 
 class Fp32MultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's MultiScaleRoIAlign that pools in fp32 and returns the features' dtype."""
+    """torchvision's MultiScaleRoIAlign that pools in fp32 and returns the features' dtype.
+
+    On the CPU all levels are pooled in one tap gather (`xpl.model.roi_pool`): the same numbers,
+    several times faster to train through.
+    """
 
     def forward(
         self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> torch.Tensor:
         dtype = x[self.featmap_names[0]].dtype
         maps = {k: x[k].float() for k in self.featmap_names}
-        return super().forward(maps, [b.float() for b in boxes], image_shapes).to(dtype)
+        boxes = [b.float() for b in boxes]
+        if maps[self.featmap_names[0]].device.type != "cpu" or self.sampling_ratio <= 0:
+            return super().forward(maps, boxes, image_shapes).to(dtype)
+        levels_maps = list(maps.values())
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                levels_maps, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = boxes_to_rois(boxes)
+        levels = self.map_levels(boxes) if len(levels_maps) > 1 else torch.zeros(len(rois), dtype=torch.long)
+        return pool_levels(levels_maps, rois, levels, self.scales, self.output_size, self.sampling_ratio).to(dtype)
 
 
 def _conv_gn(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -19,10 +19,10 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
-from torchvision.ops import roi_align
 
 from xpl.model.backbones import Fp32MultiScaleRoIAlign, build_backbone, resolve_norm
 from xpl.model.heads import Fp32RPNHead, OpenVocabRoIHeads, V2LPredictor
+from xpl.model.roi_pool import roi_align
 from xpl.model.v2l import V2L
 
 _MASK_HEAD_DEPTH = {"tiny": 2, "r50_fpn": 4}
