@@ -131,15 +131,14 @@ def bench_plain(teacher: str, images: list, batch_size: int, threads: int, selec
     import torch
 
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import Word, select_regions
+    from xpl.pseudo.align import caption_words, select_regions
 
     def run(batch: list, first: int) -> None:
         regions = model.regions(batch)
         if select is not None:
             for i, reg in enumerate(regions):
-                words = [Word(w["category_id"], w["name"], w["phrase"], select["embedding"][w["category_id"]])
-                         for w in select["words"][first + i]]
-                select_regions(words, reg, **select["options"])
+                select_regions(caption_words(select["words"][first + i], select["embedding"]), reg,
+                               **select["options"])
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -294,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = TextEncoder(cfg.text.model).embed(vocab.names).numpy()
     select = {"words": words, "embedding": {c: torch.tensor(e) for c, e in zip(vocab.ids, embeddings)},
               "options": {"score_threshold": settings.score_threshold, "cosine": settings.cosine,
-                          "grow": settings.grow, "grow_touch": settings.grow_touch,
+                          "grow": settings.grow, "grow_touch": settings.grow_touch, "grow_sides": settings.grow_sides,
+                          "max_per_word": settings.max_per_word,
                           "mask_threshold": settings.mask_threshold}}
     results = {"load_average": list(os.getloadavg()), "device": "cpu", "cpus": torch.get_num_threads(),
                "shards": len(shards), "repeat": args.repeat,

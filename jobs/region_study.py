@@ -48,7 +48,7 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
     """Quality of each choice rule, candidate coverage and the kinds of wrong dot picks, per split and class."""
     from xpl.eval.pseudo_quality import judge_sample, quality_report
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import Word, build_instances, select_regions
+    from xpl.pseudo.align import build_instances, caption_words, select_regions
     from xpl.text import TextEncoder
     from xpl.vocab import Vocabulary
 
@@ -57,7 +57,8 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
     splits = {c.id: c.split for c in vocab.categories}
     embedding = dict(zip(vocab.ids, TextEncoder(cfg.text.model).embed(vocab.names)))
     model = load_model(cfg.pseudolabel.teacher, map_location="cpu").eval()
-    rules = {"dot": {}, "cosine": {"cosine": True}, "grow": {"grow": tuple(grow), "grow_touch": cfg.pseudolabel.grow_touch}}
+    growth = {"grow": tuple(grow), "grow_touch": cfg.pseudolabel.grow_touch}
+    rules = {"dot": {}, "cosine": {"cosine": True}, "grow": growth, "sides": {**growth, "grow_sides": True}}
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     coverage: dict[str, Counter] = defaultdict(Counter)
     pending = list(samples(cfg, vocab))
@@ -68,8 +69,7 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
         with torch.inference_mode():
             regions = model.regions(images)
             for (decoded, truth), reg in zip(chunk, regions):
-                words = [Word(w["category_id"], w["name"], w["phrase"], embedding[w["category_id"]])
-                         for w in decoded.words]
+                words = caption_words(decoded.words, embedding)
                 for rule, options in rules.items():
                     selection = select_regions(words, reg, mask_threshold=cfg.pseudolabel.mask_threshold, **options)
                     built = build_instances(selection, height=decoded.height, width=decoded.width,

@@ -16,8 +16,12 @@ from xpl.pseudo.align import (
     Selection,
     Word,
     align_image,
-    best_regions,
+    caption_words,
+    drop_repeats,
+    overlap_of_smaller,
+    pick_regions,
     border_touch,
+    side_cells,
     build_instances,
     expand_boxes,
     paste_masks,
@@ -56,21 +60,79 @@ def regions_two_boxes() -> FakeRegions:
     )
 
 
-def test_best_regions_top1_scores_and_threshold():
+def test_pick_regions_top1_scores_and_threshold():
     words = torch.stack([unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)])
     regions = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.5]])
-    index, score = best_regions(words, regions)
-    assert index.tolist() == [0, 1, 1]
-    assert score.tolist() == pytest.approx([2.0, 3.0, 0.5])
-    index, _ = best_regions(words, regions, threshold=1.0)
-    assert index.tolist() == [0, 1, -1]
-    index, score = best_regions(words, regions, cosine=True)
-    assert score[0] == pytest.approx(1.0) and score[1] == pytest.approx(3 / np.hypot(3, 0.5))
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [10.0, 10.0, 14.0, 14.0]])
+    picks = pick_regions(words, regions, boxes, [1, 1, 1])
+    assert [(w, r) for w, r, _ in picks] == [(0, 0), (1, 1), (2, 1)]
+    assert [s for _, _, s in picks] == pytest.approx([2.0, 3.0, 0.5])
+    assert [(w, r) for w, r, _ in pick_regions(words, regions, boxes, [1, 1, 1], threshold=1.0)] == [(0, 0), (1, 1)]
+    picks = pick_regions(words, regions, boxes, [1, 1, 1], cosine=True)
+    assert picks[0][2] == pytest.approx(1.0) and picks[1][2] == pytest.approx(3 / np.hypot(3, 0.5))
 
 
-def test_best_regions_no_regions():
-    index, score = best_regions(torch.eye(2), torch.zeros(0, 2))
-    assert index.tolist() == [-1, -1] and torch.isinf(score).all()
+def test_pick_regions_no_regions():
+    assert pick_regions(torch.eye(2), torch.zeros(0, 2), torch.zeros(0, 4), [1, 1]) == []
+
+
+def test_overlap_of_smaller_is_one_for_a_part_inside_its_whole():
+    whole = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    others = torch.tensor([[2.0, 2.0, 4.0, 6.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    assert overlap_of_smaller(whole, others).tolist() == [[1.0, 0.5, 0.0]]
+
+
+def test_a_word_naming_two_objects_picks_its_two_best_regions_on_different_objects():
+    # regions 0 and 1 lie on one object (1 inside 0), region 2 on another, region 3 scores lowest
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 6.0, 6.0], [20.0, 0.0, 30.0, 10.0], [0.0, 20.0, 5.0, 25.0]])
+    embeddings = torch.tensor([[4.0, 0.0], [5.0, 0.0], [3.0, 0.0], [1.0, 0.0]])
+    words = torch.stack([unit(1, 0)])
+    assert [r for _, r, _ in pick_regions(words, embeddings, boxes, [1])] == [1]
+    assert [r for _, r, _ in pick_regions(words, embeddings, boxes, [2])] == [1, 2]
+    assert [r for _, r, _ in pick_regions(words, embeddings, boxes, [3])] == [1, 2, 3]
+    assert [r for _, r, _ in pick_regions(words, embeddings, boxes, [3], threshold=2.0)] == [1, 2]
+    regions = FakeRegions(boxes, embeddings, torch.full((4,), 0.5), torch.full((4, 14, 14), 0.8))
+    moons = [Word(5, "moon", "moons", unit(1, 0), count=2)]
+    assert select_regions(moons, regions).boxes.tolist() == [[1.0, 1.0, 6.0, 6.0]]  # the paper's top-1
+    two = select_regions(moons, regions, max_per_word=5)
+    assert two.words == [(5, "moon", "moons")] * 2 and two.scores.tolist() == [5.0, 3.0]
+    assert two.boxes.tolist() == [[1.0, 1.0, 6.0, 6.0], [20.0, 0.0, 30.0, 10.0]]
+    assert len(build_instances(through_columns(two), height=40, width=50).instances) == 2
+
+
+def test_drop_repeats_keeps_the_first_pick_per_object_and_class():
+    selection = Selection(
+        words=[(5, "moon", "moons"), (5, "moon", "moons"), (6, "arrow", "arrow"), (5, "moon", "moons")],
+        scores=np.array([5.0, 4.0, 3.0, 2.0], np.float32),
+        boxes=np.array([[0, 0, 10, 10], [2, 2, 8, 8], [1, 1, 9, 9], [20, 0, 30, 10]], np.float32),
+        mask_probs=np.zeros((4, 2, 2), np.float32), region_scores=np.zeros(4, np.float32))
+    kept = drop_repeats(selection)
+    assert kept.words == [(5, "moon", "moons"), (6, "arrow", "arrow"), (5, "moon", "moons")]
+    assert kept.scores.tolist() == [5.0, 3.0, 2.0] and kept.mask_probs.shape == (3, 2, 2)
+
+
+def test_grown_parts_of_one_object_become_one_instance():
+    head = object_mask_head((10.0, 10.0, 30.0, 30.0))
+    parts = torch.tensor([[14.0, 14.0, 26.0, 26.0], [12.0, 20.0, 20.0, 28.0]])  # overlap of smaller 0.5
+    regions = FakeRegions(parts, torch.tensor([[2.0, 0.0], [1.0, 0.0]]), torch.tensor([0.5, 0.5]), head(parts),
+                          image_size=(40, 50), masks_in=head)
+    words = [Word(7, "moon", "moons", unit(1, 0), count=2)]
+    assert len(select_regions(words, regions, max_per_word=2).words) == 1  # the same object: not picked twice
+    apart = FakeRegions(parts[:1], regions.embeddings[:1], regions.scores[:1], head(parts[:1]), image_size=(40, 50),
+                        masks_in=head)
+    grown = select_regions(words, apart, grow=(1.5, 2.0), max_per_word=2)
+    assert grown.words == [(7, "moon", "moons")]
+
+
+def test_caption_words_from_rows_and_the_count_of_repeated_classes():
+    embeddings = {1: unit(1, 0), 2: unit(0, 1)}
+    rows = [{"category_id": 1, "name": "circle", "phrase": "disk"},
+            {"category_id": 2, "name": "moon", "phrase": "moons", "count": 3},
+            {"category_id": 1, "name": "circle", "phrase": "circles", "count": 2}]
+    words = caption_words(rows, embeddings)
+    assert [(w.category_id, w.count) for w in words] == [(1, 1), (2, 3), (1, 2)]
+    assert torch.equal(words[1].embedding, embeddings[2])
+    assert [(w.phrase, w.count) for w in unique_words(words)] == [("disk", 2), ("moons", 3)]
 
 
 def test_paste_masks_fills_box_only():
@@ -180,17 +242,18 @@ def test_border_touch_counts_set_border_cells_away_from_the_image_edge():
     assert border_touch(torch.ones(1, 4, 4, dtype=torch.bool), everywhere, 40, 50).tolist() == [0.0]
 
 
-def object_mask_head(obj: tuple[float, float, float, float], size: int = 14) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A mask head that knows one square object: probability 0.9 on its pixels inside each box."""
+def object_mask_head(*objects: tuple[float, float, float, float], size: int = 14) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A mask head that knows some square objects: probability 0.9 on their pixels inside each box."""
 
     def masks_in(boxes: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(len(boxes), size, size)
         for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
             xs = x0 + (torch.arange(size) + 0.5) * (x1 - x0) / size
             ys = y0 + (torch.arange(size) + 0.5) * (y1 - y0) / size
-            inside_x = (xs >= obj[0]) & (xs < obj[2])
-            inside_y = (ys >= obj[1]) & (ys < obj[3])
-            out[k] = 0.9 * (inside_y[:, None] & inside_x[None, :]).float()
+            for obj in objects:
+                inside_x = (xs >= obj[0]) & (xs < obj[2])
+                inside_y = (ys >= obj[1]) & (ys < obj[3])
+                out[k] += 0.9 * (inside_y[:, None] & inside_x[None, :]).float()
         return out
 
     return masks_in
@@ -223,3 +286,31 @@ def test_a_box_whose_mask_fits_keeps_its_size():
                           image_size=(40, 50), masks_in=head)
     grown = select_regions([Word(7, "moon", "moon", unit(1, 0, 0))], regions, grow=(1.5,))
     assert grown.boxes.tolist() == [[8.0, 8.0, 32.0, 32.0]] and grown.tight_boxes
+
+
+def test_side_cells_counts_each_side_and_skips_the_image_edge():
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :, 0] = True  # the left column: all 4 left cells, one corner on the top and the bottom side
+    hits, cells = side_cells(masks, torch.tensor([[5.0, 5.0, 15.0, 15.0]]), 40, 50)
+    assert hits.tolist() == [[4.0, 1.0, 0.0, 1.0]] and cells.tolist() == [[4.0, 4.0, 4.0, 4.0]]
+    hits, cells = side_cells(masks, torch.tensor([[0.0, 5.0, 50.0, 15.0]]), 40, 50)
+    assert hits.tolist() == [[0.0, 1.0, 0.0, 1.0]] and cells.tolist() == [[0.0, 4.0, 0.0, 4.0]]
+
+
+def test_side_growth_follows_the_object_and_leaves_the_free_side_where_it_was():
+    obj, neighbour = (10.0, 10.0, 30.0, 30.0), (0.0, 12.0, 4.0, 28.0)
+    head = object_mask_head(obj, neighbour)
+    part = torch.tensor([[6.0, 14.0, 22.0, 26.0]])  # on the object's left half; its left side is free
+    regions = FakeRegions(part, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), head(part),
+                          image_size=(40, 50), masks_in=head)
+    words = [Word(7, "moon", "moon", unit(1, 0, 0))]
+    # x1.5 moves the top, right and bottom (the mask crosses them) to 11, 26 and 29 (x1.5 about the centre
+    # is [2, 11, 26, 29]); all three still cross, x2 moves them to 8, 30 and 32; only the right still
+    # crosses, x2.5 moves it to 34, where the mask fits
+    grown = select_regions(words, regions, grow=(1.5, 2.0, 2.5), grow_sides=True)
+    assert grown.boxes.tolist() == [[6.0, 8.0, 34.0, 32.0]] and grown.tight_boxes
+    inst = build_instances(grown, height=40, width=50).instances[0]
+    assert inst.box == pytest.approx(obj, abs=1.0)
+    # about the centre, x2.5 reaches the image's left edge and the pseudo mask takes in the neighbour
+    centre = build_instances(select_regions(words, regions, grow=(1.5, 2.0, 2.5)), height=40, width=50)
+    assert centre.instances[0].box[0] == pytest.approx(0.0, abs=1.0)

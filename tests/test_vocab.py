@@ -6,6 +6,7 @@ import pytest
 
 from xpl.errors import DataError
 from xpl.vocab import Category, Vocabulary, unique_category_ids
+from xpl.words import PLURAL_COUNT, phrase_count
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,23 @@ def test_plurals_and_irregular_plurals(vocab):
     assert names(vocab, "three mice, two knives and geese") == [("mouse", "mice"), ("knife", "knives"), ("goose", "geese")]
     assert names(vocab, "Dogs and cats") == [("dog", "Dogs"), ("cat", "cats")]
     assert names(vocab, "men near people") == [("person", "men"), ("person", "people")]
+
+
+def test_mentions_carry_how_many_objects_they_name(vocab):
+    counts = [(m.name, m.count) for m in vocab.match("two red dogs, a cat, three mice, geese and one man")]
+    assert counts == [("dog", 2), ("cat", 1), ("mouse", 3), ("goose", 2), ("person", 1)]
+    # the number word counts only within two words before the phrase; "several" is a plural's 2
+    assert [m.count for m in vocab.match("two of the big old knives and several teddy bears")] == [2, 2]
+    assert [m.count for m in vocab.match("five hot dogs next to a moon")] == [5, 1]
+
+
+def test_phrase_count_rules():
+    assert phrase_count(["a", "big", "dog"], 2, 3) == 1
+    assert phrase_count(["four", "big", "dogs"], 2, 3) == 4
+    assert phrase_count(["four", "very", "big", "dogs"], 3, 4) == 2  # beyond reach: the plural's count
+    assert phrase_count(["four", "very", "big", "dogs"], 3, 4, reach=3) == 4
+    assert phrase_count(["three", "mice", "geese"], 2, 3, floor=2) == PLURAL_COUNT  # not the mice's three
+    assert phrase_count(["dog"], 0, 1) == 1 and phrase_count(["hot", "dogs"], 0, 2) == PLURAL_COUNT
 
 
 def test_longest_phrase_wins(vocab):

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from xpl.errors import DataError
 from xpl.jsonfile import read_json
-from xpl.words import lemma, tokenize
+from xpl.words import lemma, phrase_count, tokenize
 
 SPLITS = ("base", "novel")
 
@@ -29,13 +29,15 @@ class Category:
 
 @dataclass(frozen=True)
 class Mention:
-    """A category named in a text: the words as written and their character span."""
+    """A category named in a text: the words as written, their character span and how many objects they
+    name (`xpl.words.phrase_count`: "two moons" 2, "a moon" 1)."""
 
     category_id: int
     name: str
     phrase: str
     start: int
     end: int
+    count: int = 1
 
 
 @dataclass
@@ -105,16 +107,18 @@ class Vocabulary:
         """Category mentions in `text`, left to right, each the longest phrase starting at its word."""
         tokens = tokenize(text)
         keys = [lemma(word) for word, _, _ in tokens]
+        words = [word for word, _, _ in tokens]
         found: list[Mention] = []
-        i = 0
+        i = floor = 0
         while i < len(tokens):
             for n in range(min(self._longest, len(tokens) - i), 0, -1):
                 category_id = self._phrases.get(tuple(keys[i : i + n]))
                 if category_id is not None:
                     start, end = tokens[i][1], tokens[i + n - 1][2]
                     name = self.by_id(category_id).name
-                    found.append(Mention(category_id, name, text[start:end], start, end))
-                    i += n
+                    count = phrase_count(words, i, i + n, floor=floor)
+                    found.append(Mention(category_id, name, text[start:end], start, end, count))
+                    i = floor = i + n
                     break
             else:
                 i += 1

@@ -46,3 +46,20 @@ def lemmas(text: str) -> list[str]:
 def content_words(text: str) -> list[str]:
     """Lemmatised words of a caption without function words (the tokens grounding attends over)."""
     return [lemma(word) for word, _, _ in tokenize(text) if word not in STOPWORDS]
+
+
+# Words that give the number of objects a noun phrase names ("two red hearts").
+NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "another": 1, "two": 2, "both": 2, "pair": 2, "three": 3, "four": 4,
+                "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+PLURAL_COUNT = 2  # a plural without a number word ("several moons", "rings"): at least two
+
+
+def phrase_count(words: list[str], start: int, end: int, reach: int = 2, floor: int = 0) -> int:
+    """How many objects the noun phrase `words[start:end]` (lowercase tokens) names: the first number word
+    among the `reach` words before it, not before `floor` (where the previous mention ends), ("two red
+    hearts": 2, "a moon": 1), else `PLURAL_COUNT` when its last word is a plural, else 1."""
+    for word in reversed(words[max(floor, start - reach):start]):
+        if word in NUMBER_WORDS:
+            return NUMBER_WORDS[word]
+    last = words[end - 1]
+    return PLURAL_COUNT if lemma(last) != last else 1

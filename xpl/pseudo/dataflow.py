@@ -63,6 +63,8 @@ class Settings:
     cosine: bool
     grow: Sequence[float]
     grow_touch: float
+    grow_sides: bool
+    max_per_word: int
     num_writers: int
     block_rows: int
 
@@ -109,7 +111,8 @@ def build_dataset(
         fn_constructor_kwargs={
             "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
             "score_threshold": settings.score_threshold, "cosine": settings.cosine,
-            "grow": list(settings.grow), "grow_touch": settings.grow_touch, "mask_threshold": settings.mask_threshold,
+            "grow": list(settings.grow), "grow_touch": settings.grow_touch,
+            "grow_sides": settings.grow_sides, "max_per_word": settings.max_per_word, "mask_threshold": settings.mask_threshold,
             "batch_size": settings.batch_size, "threads": settings.torch_threads,
             "use_gpu": settings.num_gpus_per_actor > 0,
         },

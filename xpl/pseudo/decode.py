@@ -59,7 +59,7 @@ def decode_sample(members: dict[str, bytes], *, vocab: Vocabulary, max_pixels: i
     mentions = vocab.match(caption)
     if not mentions:
         return Decoded(NO_MATCH, NO_VOCAB_WORDS, caption=caption, width=width, height=height, words=[])
-    words = [{"category_id": m.category_id, "name": m.name, "phrase": m.phrase} for m in mentions]
+    words = [{"category_id": m.category_id, "name": m.name, "phrase": m.phrase, "count": m.count} for m in mentions]
     scale = width / pixels.shape[1]
     return Decoded(PENDING, caption=caption, width=width, height=height, pixels=pixels, scale=scale, words=words)
 

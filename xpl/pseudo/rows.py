@@ -54,8 +54,11 @@ _COMMON = [
     ("height", pa.int32()),
 ]
 
-# Caption words matched to the vocabulary, per row.
-WORDS = pa.list_(pa.struct([("category_id", pa.int64()), ("name", pa.string()), ("phrase", pa.string())]))
+_WORD = [("category_id", pa.int64()), ("name", pa.string()), ("phrase", pa.string())]
+# Caption words matched to the vocabulary, per row, with how many objects each names (`Mention.count`).
+CAPTION_WORDS = pa.list_(pa.struct([*_WORD, ("count", pa.int32())]))
+# The word of each chosen region (a word naming several objects may have several regions).
+WORDS = pa.list_(pa.struct(_WORD))
 
 # Reader and decoder output: raw members; after decoding also pixels and matched words.
 SAMPLE_SCHEMA = pa.schema(
@@ -65,7 +68,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("pix_h", pa.int32()),
         ("pix_w", pa.int32()),
         ("scale", pa.float64()),  # original pixels per teacher pixel
-        ("words", WORDS),
+        ("words", CAPTION_WORDS),
         ("t_read", pa.float64()),
         ("t_decode", pa.float64()),
     ]

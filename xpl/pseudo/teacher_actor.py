@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from xpl.pseudo.align import Selection, Word, select_regions
+from xpl.pseudo.align import Selection, caption_words, select_regions
 from xpl.pseudo.rows import NO_MATCH, PENDING, RESULT_SCHEMA, SAMPLE
 from xpl.pseudo.selection_columns import selection_columns
 
@@ -39,6 +39,8 @@ class Teacher:
         cosine: bool = False,
         grow: Sequence[float] = (),
         grow_touch: float = 0.05,
+        grow_sides: bool = False,
+        max_per_word: int = 1,
         mask_threshold: float = 0.5,
         batch_size: int = 8,
         threads: int = 0,
@@ -59,7 +61,8 @@ class Teacher:
         self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.cosine = cosine
-        self.grow = {"grow": tuple(grow), "grow_touch": grow_touch, "mask_threshold": mask_threshold}
+        self.choice = {"grow": tuple(grow), "grow_touch": grow_touch, "grow_sides": grow_sides,
+                     "mask_threshold": mask_threshold, "max_per_word": max_per_word}
         self.node_id = ray.get_runtime_context().get_node_id()
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
@@ -81,10 +84,8 @@ class Teacher:
             for at in range(0, len(pixels), self.batch_size):
                 regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]])
                 for reg, row_words in zip(regions, words[at:at + self.batch_size]):
-                    row = [Word(w["category_id"], w["name"], w["phrase"], self.embedding[w["category_id"]])
-                           for w in row_words]
-                    out.append(select_regions(row, reg, score_threshold=self.score_threshold, cosine=self.cosine,
-                                              **self.grow))
+                    out.append(select_regions(caption_words(row_words, self.embedding), reg,
+                                              score_threshold=self.score_threshold, cosine=self.cosine, **self.choice))
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
