@@ -1,10 +1,11 @@
 """Noise study: the plain and the robust student on the same pseudo-labels, a seeded share of whose masks is
 corrupted (dilated, eroded, shifted, cut or swapped: `xpl.data.corrupt`), then both evaluated.
 
-`python jobs/noise_study.py --config configs/shapes.yaml [--share 0.5] [key=value ...]` reads the teacher and
-pseudo-labels of a finished `make demo` (`student.init`, `student.pseudo`), prints a table (generalized and
-constrained mask AP50 on novel and base, mean sigma on corrupted and clean instances) and writes it to
-`<output_dir>/noise_study.{md,json}`. Runs under `ray job submit` as well.
+`python jobs/noise_study.py --config configs/shapes.yaml [--share 0.5] [--modes ...] [key=value ...]` reads the
+teacher and pseudo-labels of a finished `make demo` (`student.init`, `student.pseudo`), prints a table (generalized
+and constrained mask AP50 on novel and base, mean sigma on corrupted and clean instances) and writes it to
+`<output_dir>/noise_study.{md,json}`. `--modes expected_likelihood` trains the robust student only. Runs under
+`ray job submit` as well.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None)
     parser.add_argument("--share", type=float, default=0.5, help="share of pseudo instances corrupted")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"students to train, comma-separated ({','.join(MODES)})")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    if unknown := sorted(set(modes) - set(MODES)):
+        parser.error(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})")
     apply_env_defaults()
 
     from xpl.stages.evaluate import run_evaluate
@@ -42,7 +47,7 @@ def main() -> None:
     connect()
     base = load_config(args.config, args.overrides)
     rows = {}
-    for mode in MODES:
+    for mode in modes:
         name = f"noise{round(100 * args.share)}_{'robust' if mode != 'plain' else 'plain'}"
         cfg = OmegaConf.merge(base, {"student": {"name": name, "mode": mode, "corrupt": {"share": args.share}}})
         trained = run_student(cfg)

@@ -224,7 +224,7 @@ def side_cells(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int
     sides = [masks[:, :, 0], masks[:, 0, :], masks[:, :, -1], masks[:, -1, :]]
     inner = torch.stack([boxes[:, 0] > 0, boxes[:, 1] > 0, boxes[:, 2] < width, boxes[:, 3] < height], dim=1)
     hits = torch.stack([side.float().sum(dim=1) for side in sides], dim=1) * inner
-    cells = torch.tensor([float(side.shape[1]) for side in sides]) * inner
+    cells = torch.tensor([float(side.shape[1]) for side in sides], device=masks.device) * inner
     return hits, cells
 
 
