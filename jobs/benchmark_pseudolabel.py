@@ -292,10 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     images, words = predecoded(shards, vocab, settings.image_size, settings.max_pixels)
     embeddings = TextEncoder(cfg.text.model).embed(vocab.names).numpy()
     select = {"words": words, "embedding": {c: torch.tensor(e) for c, e in zip(vocab.ids, embeddings)},
-              "options": {"score_threshold": settings.score_threshold, "cosine": settings.cosine,
-                          "grow": settings.grow, "grow_touch": settings.grow_touch, "grow_sides": settings.grow_sides,
-                          "max_per_word": settings.max_per_word,
-                          "mask_threshold": settings.mask_threshold}}
+              "options": settings.choice}
     results = {"load_average": list(os.getloadavg()), "device": "cpu", "cpus": torch.get_num_threads(),
                "shards": len(shards), "repeat": args.repeat,
                "batch_size": settings.batch_size, "image_size": settings.image_size, "teacher": str(teacher),

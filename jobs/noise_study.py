@@ -33,7 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None)
     parser.add_argument("--share", type=float, default=0.5, help="share of pseudo instances corrupted")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"students to train, comma-separated ({','.join(MODES)})")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"students to train, comma-separated ({','.join(MODES)})")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     modes = args.modes.split(",")

@@ -84,7 +84,8 @@ def test_overlap_of_smaller_is_one_for_a_part_inside_its_whole():
 
 def test_a_word_naming_two_objects_picks_its_two_best_regions_on_different_objects():
     # regions 0 and 1 lie on one object (1 inside 0), region 2 on another, region 3 scores lowest
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 6.0, 6.0], [20.0, 0.0, 30.0, 10.0], [0.0, 20.0, 5.0, 25.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 6.0, 6.0], [20.0, 0.0, 30.0, 10.0],
+                          [0.0, 20.0, 5.0, 25.0]])
     embeddings = torch.tensor([[4.0, 0.0], [5.0, 0.0], [3.0, 0.0], [1.0, 0.0]])
     words = torch.stack([unit(1, 0)])
     assert [r for _, r, _ in pick_regions(words, embeddings, boxes, [1])] == [1]
@@ -242,7 +243,8 @@ def test_border_touch_counts_set_border_cells_away_from_the_image_edge():
     assert border_touch(torch.ones(1, 4, 4, dtype=torch.bool), everywhere, 40, 50).tolist() == [0.0]
 
 
-def object_mask_head(*objects: tuple[float, float, float, float], size: int = 14) -> Callable[[torch.Tensor], torch.Tensor]:
+def object_mask_head(*objects: tuple[float, float, float, float],
+                     size: int = 14) -> Callable[[torch.Tensor], torch.Tensor]:
     """A mask head that knows some square objects: probability 0.9 on their pixels inside each box."""
 
     def masks_in(boxes: torch.Tensor) -> torch.Tensor:

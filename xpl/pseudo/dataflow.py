@@ -76,6 +76,13 @@ class Settings:
         return cls(**values)
 
     @property
+    def choice(self) -> dict[str, Any]:
+        """How caption words choose regions: the keywords of `select_regions` (teacher actor, benchmark)."""
+        return {"score_threshold": self.score_threshold, "cosine": self.cosine, "grow": tuple(self.grow),
+                "grow_touch": self.grow_touch, "grow_sides": self.grow_sides, "max_per_word": self.max_per_word,
+                "mask_threshold": self.mask_threshold}
+
+    @property
     def torch_threads(self) -> int:
         """Torch threads per actor: as set, else the actor's CPUs rounded (at least 1)."""
         return self.threads_per_actor or max(1, int(round(self.num_cpus_per_actor)))
@@ -110,9 +117,7 @@ def build_dataset(
         resources=dict(settings.actor_resources) or None,
         fn_constructor_kwargs={
             "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
-            "score_threshold": settings.score_threshold, "cosine": settings.cosine,
-            "grow": list(settings.grow), "grow_touch": settings.grow_touch,
-            "grow_sides": settings.grow_sides, "max_per_word": settings.max_per_word, "mask_threshold": settings.mask_threshold,
+            "choice": settings.choice,
             "batch_size": settings.batch_size, "threads": settings.torch_threads,
             "use_gpu": settings.num_gpus_per_actor > 0,
         },

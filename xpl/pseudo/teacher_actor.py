@@ -13,7 +13,7 @@ image goes through pinned host memory to the device without blocking.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -35,13 +35,7 @@ class Teacher:
         teacher: str,
         class_ids: list[int],
         class_embeddings: np.ndarray,
-        score_threshold: Optional[float] = None,
-        cosine: bool = False,
-        grow: Sequence[float] = (),
-        grow_touch: float = 0.05,
-        grow_sides: bool = False,
-        max_per_word: int = 1,
-        mask_threshold: float = 0.5,
+        choice: Optional[Mapping[str, Any]] = None,
         batch_size: int = 8,
         threads: int = 0,
         use_gpu: bool = False,
@@ -59,10 +53,7 @@ class Teacher:
         self.embedding = {cid: torch.tensor(np.asarray(e), dtype=torch.float32)
                           for cid, e in zip(class_ids, class_embeddings)}
         self.batch_size = batch_size
-        self.score_threshold = score_threshold
-        self.cosine = cosine
-        self.choice = {"grow": tuple(grow), "grow_touch": grow_touch, "grow_sides": grow_sides,
-                     "mask_threshold": mask_threshold, "max_per_word": max_per_word}
+        self.choice = dict(choice or {})  # keywords of `select_regions` (`Settings.choice`)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
@@ -84,8 +75,7 @@ class Teacher:
             for at in range(0, len(pixels), self.batch_size):
                 regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]])
                 for reg, row_words in zip(regions, words[at:at + self.batch_size]):
-                    out.append(select_regions(caption_words(row_words, self.embedding), reg,
-                                              score_threshold=self.score_threshold, cosine=self.cosine, **self.choice))
+                    out.append(select_regions(caption_words(row_words, self.embedding), reg, **self.choice))
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
