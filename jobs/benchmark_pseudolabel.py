@@ -8,8 +8,9 @@ initialised one from the `model` section is exported if the file does not exist)
 (a)  the teacher alone in a plain single-process batched loop over pre-decoded images, with the
      torch threads of one actor (the compute limit), run before and after the pipelines (the
      reference is their mean: the machine may be shared): `model.regions` only (the paper's
-     reference) and `model.regions` + `select_regions` (exactly the actor's model work, with box
-     growth's extra mask-head passes); (a') regions with all cores;
+     reference: the mask head on every candidate) and `model.regions(masks=False)` + `select_batch`
+     (exactly the actor's model work: the mask head on the chosen regions and their grown boxes only);
+     (a') regions with all cores;
 (b)  the full pipeline (read, decode, teacher, paste, encode, judge, write) with 1 actor; (c) with 2.
 Pipeline images/s are given three ways: end to end (with Ray Data start-up and actor model loading),
 while the teacher runs (first batch in to last batch out) and steady (the same without the first
@@ -125,20 +126,21 @@ def predecoded(shards, vocab, image_size: int, max_pixels: int) -> tuple[list, l
 
 
 def bench_plain(teacher: str, images: list, batch_size: int, threads: int, select: Optional[dict] = None) -> dict:
-    """(a): model.regions over batches in this process (+ `select_regions` per image, with the
-    actor's settings, when `select` holds the words, class embeddings and options); model loading
-    is not timed."""
+    """(a): model.regions over batches in this process (or, when `select` holds the words, class
+    embeddings and options, `model.regions(masks=False)` + `select_batch` per batch, with the
+    actor's settings); model loading is not timed."""
     import torch
 
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import caption_words, select_regions
+    from xpl.pseudo.align import caption_words, select_batch
 
     def run(batch: list, first: int) -> None:
-        regions = model.regions(batch)
-        if select is not None:
-            for i, reg in enumerate(regions):
-                select_regions(caption_words(select["words"][first + i], select["embedding"]), reg,
-                               **select["options"])
+        if select is None:
+            model.regions(batch)
+        else:
+            words = select["words"][first:first + len(batch)]
+            select_batch([caption_words(w, select["embedding"]) for w in words], model.regions(batch, masks=False),
+                         **select["options"])
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)

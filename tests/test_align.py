@@ -25,6 +25,7 @@ from xpl.pseudo.align import (
     build_instances,
     expand_boxes,
     paste_masks,
+    select_batch,
     select_regions,
     unique_words,
 )
@@ -288,6 +289,49 @@ def test_a_box_whose_mask_fits_keeps_its_size():
                           image_size=(40, 50), masks_in=head)
     grown = select_regions([Word(7, "moon", "moon", unit(1, 0, 0))], regions, grow=(1.5,))
     assert grown.boxes.tolist() == [[8.0, 8.0, 32.0, 32.0]] and grown.tight_boxes
+
+
+class CountingBatch:
+    """A model batch of fake images, one `object_mask_head` each: records the images of each call."""
+
+    def __init__(self, *heads: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.heads, self.calls = heads, []
+
+    def __call__(self, requests: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        self.calls.append([index for index, _ in requests])
+        return [self.heads[index](boxes) for index, boxes in requests]
+
+
+@dataclass
+class BatchImage:  # `masks_in` of one image of a CountingBatch
+    batch: CountingBatch
+    index: int
+
+    def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
+        return self.batch([(self.index, boxes)])[0]
+
+
+def test_select_batch_asks_the_mask_head_once_per_step_for_all_images_and_matches_one_by_one():
+    heads = object_mask_head((10.0, 10.0, 30.0, 30.0)), object_mask_head((6.0, 6.0, 34.0, 24.0))
+    parts = torch.tensor([[6.0, 14.0, 22.0, 26.0]]), torch.tensor([[12.0, 10.0, 28.0, 20.0]])
+    words = [Word(7, "moon", "moon", unit(1, 0, 0))]
+    options = {"grow": (1.5, 2.0, 2.5), "grow_sides": True}
+    one_by_one = [select_regions(words, FakeRegions(part, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]),
+                                                    head(part), masks_in=head), **options)
+                  for part, head in zip(parts, heads)]
+    batch = CountingBatch(*heads)
+    lazy = [FakeRegions(part, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), None,
+                        masks_in=BatchImage(batch, i)) for i, part in enumerate(parts)]
+    nothing = FakeRegions(torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), None, masks_in=BatchImage(batch, 2))
+    together = select_batch([words, words, words], [*lazy, nothing], **options)
+    for alone, batched in zip(one_by_one, together):
+        assert batched.words == alone.words and batched.tight_boxes
+        assert np.array_equal(batched.boxes, alone.boxes) and np.array_equal(batched.mask_probs, alone.mask_probs)
+    assert together[0].boxes.tolist() == [[6.0, 8.0, 34.0, 32.0]]  # as in the side-growth test below
+    assert together[1].boxes.tolist() == [[4.0, 5.0, 36.0, 25.0]]  # x2 on every side: its mask fits
+    assert together[2].reason == NO_REGIONS
+    # the picks' masks, then x1.5 and x2 for both images; the second fits at x2, so x2.5 asks for the first only
+    assert batch.calls == [[0, 1], [0, 1], [0, 1], [0]]
 
 
 def test_side_cells_counts_each_side_and_skips_the_image_edge():

@@ -186,6 +186,24 @@ def test_regions_are_in_original_image_coordinates():
         model.train().regions(images)
 
 
+def test_the_mask_head_on_chosen_boxes_gives_the_masks_regions_computes_for_all():
+    model = make_model().eval()
+    g = torch.Generator().manual_seed(4)
+    images = [torch.rand(3, 96, 144, generator=g), torch.rand(3, SIZE, SIZE, generator=g),
+              torch.rand(3, SIZE, SIZE, generator=g)]
+    eager = model.regions(images, max_regions=20, nms_thresh=0.6)
+    lazy = model.regions(images, max_regions=20, nms_thresh=0.6, masks=False)
+    assert all(r.mask_probs is None for r in lazy) and len(lazy[1].boxes) >= 4
+    for a, b in zip(eager, lazy):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.embeddings, b.embeddings)
+        torch.testing.assert_close(b.masks_in(b.boxes), a.mask_probs, atol=1e-5, rtol=0)
+    # one call for requests on several images, two on one image, none on the third, in request order
+    batch = lazy[0].masks_in.batch
+    got = batch([(1, lazy[1].boxes[2:4]), (0, lazy[0].boxes), (1, lazy[1].boxes[:2])])
+    for probs, want in zip(got, [eager[1].mask_probs[2:4], eager[0].mask_probs, eager[1].mask_probs[:2]]):
+        torch.testing.assert_close(probs, want, atol=1e-5, rtol=0)
+
+
 def test_grid_embeddings_shape_and_gradients():
     model = make_model()
     images, _ = batch()

@@ -163,7 +163,7 @@ class PseudoLabelConfig:
     # border (a base-trained teacher points novel words at parts of objects); [] keeps the paper's boxes.
     grow: list[float] = field(default_factory=list)
     grow_touch: float = 0.05
-    grow_sides: bool = False  # move only the sides the mask crosses (`xpl.pseudo.align.grow_selection`)
+    grow_sides: bool = False  # move only the sides the mask crosses (`xpl.pseudo.align.grow_selections`)
     # Regions per caption word: up to the number of objects it names ("two moons"), at most this; 1: the
     # paper's top-1 region per word.
     max_per_word: int = 1

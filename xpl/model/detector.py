@@ -9,7 +9,7 @@ with `set_class_embeddings` (any C) before classifying.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torchvision.models.detection import MaskRCNN
@@ -36,18 +36,55 @@ class Regions:
     embeddings of the refined boxes. scores: [R] RPN objectness probability of
     the proposal each box was refined from (vocabulary-free, unlike
     1 - p(background), which depends on the class list). mask_probs: [R, M, M]
-    class-agnostic mask probabilities inside each box, not pasted.
-    image_size: (H, W) of the original image. masks_in: the mask head on other
-    boxes of this image ([K, 4] original pixels -> [K, M, M] probabilities),
-    e.g. a chosen box grown until its object fits (`xpl.pseudo.align.grow_selection`).
+    class-agnostic mask probabilities inside each box, not pasted (None when
+    `regions(masks=False)` left them to `masks_in`). image_size: (H, W) of the
+    original image. masks_in: the mask head on other boxes of this image ([K, 4]
+    original pixels -> [K, M, M] probabilities), e.g. a chosen box grown until
+    its object fits (`xpl.pseudo.align.grow_selections`); its `batch` runs
+    requests for several images of the same `regions()` call at once.
     """
 
     boxes: torch.Tensor
     embeddings: torch.Tensor
     scores: torch.Tensor
-    mask_probs: torch.Tensor
+    mask_probs: Optional[torch.Tensor]
     image_size: tuple[int, int]
-    masks_in: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    masks_in: Optional["ImageMasks"] = None
+
+
+class BatchMasks:
+    """The mask head on the images of one `regions()` call, for boxes in their original pixels: one
+    call runs the requests (image index, [K, 4] boxes) of any of its images, so choosing and growing
+    boxes for a whole batch costs one mask-head pass per step, not one per image."""
+
+    def __init__(self, model: "OpenVocabMaskRCNN", features: dict[str, torch.Tensor], sizes: list[tuple[int, int]],
+                 originals: list[tuple[int, int]]) -> None:
+        self.heads, self.features, self.sizes, self.originals = model.roi_heads, features, sizes, originals
+
+    @torch.no_grad()
+    def __call__(self, requests: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        """[K, M, M] mask probabilities per request."""
+        device = next(iter(self.features.values())).device
+        per_image: list[list[torch.Tensor]] = [[] for _ in self.sizes]
+        for index, boxes in requests:
+            per_image[index].append(resize_boxes(boxes.to(device).float(), self.originals[index], self.sizes[index]))
+        boxes = [torch.cat(b) if b else torch.zeros(0, 4, device=device) for b in per_image]
+        probs = self.heads.mask_logits(self.features, boxes, self.sizes).float().sigmoid()[:, 0]
+        chunks, taken, out = probs.split([len(b) for b in boxes]), [0] * len(self.sizes), []
+        for index, box in requests:  # each image's requests in the order they were concatenated
+            out.append(chunks[index][taken[index]:taken[index] + len(box)])
+            taken[index] += len(box)
+        return out
+
+
+class ImageMasks:
+    """Image `index`'s `masks_in`: [K, 4] boxes (original pixels) -> [K, M, M] probabilities."""
+
+    def __init__(self, batch: BatchMasks, index: int) -> None:
+        self.batch, self.index = batch, index
+
+    def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
+        return self.batch([(self.index, boxes)])[0]
 
 
 def grid_boxes(height: int, width: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
@@ -331,6 +368,7 @@ class OpenVocabMaskRCNN(MaskRCNN):
         nms_thresh: float = 0.5,
         max_regions: int = 50,
         min_box_size: float = 1.0,
+        masks: bool = True,
     ) -> list[Regions]:
         """Candidate regions of each image for pseudo-labeling (call in eval mode).
 
@@ -338,6 +376,9 @@ class OpenVocabMaskRCNN(MaskRCNN):
         boxes smaller than `min_box_size` (resized-image pixels) dropped, NMS at
         `nms_thresh` over objectness, top `max_regions` kept. Embeddings and
         mask probabilities are computed on the refined boxes (pooled again).
+        `masks=False` leaves the mask head to `masks_in` (for the few regions a
+        caller picks: the mask head on every candidate is 40 % of the call on the
+        shapes world's teacher).
         """
         if self.training:
             raise RuntimeError("regions() runs the test-time RPN: call model.eval() first")
@@ -348,23 +389,13 @@ class OpenVocabMaskRCNN(MaskRCNN):
                                               min_box_size=min_box_size)
         heads = self.roi_heads
         embeddings = self.v2l(heads.box_features(features, boxes, sizes)).float()
-        mask_probs = heads.mask_logits(features, boxes, sizes).float().sigmoid()[:, 0]
         counts = [len(b) for b in boxes]
+        mask_probs = (heads.mask_logits(features, boxes, sizes).float().sigmoid()[:, 0].split(counts) if masks
+                      else [None] * len(boxes))
+        batch = BatchMasks(self, features, sizes, original_sizes)
         return [
-            Regions(resize_boxes(b, size, orig), e, s, m, orig, self._mask_head_on(features, i, size, orig))
+            Regions(resize_boxes(b, size, orig), e, s, m, orig, ImageMasks(batch, i))
             for i, (b, e, s, m, size, orig) in enumerate(zip(
-                boxes, embeddings.split(counts), scores, mask_probs.split(counts), sizes, original_sizes
+                boxes, embeddings.split(counts), scores, mask_probs, sizes, original_sizes
             ))
         ]
-
-    def _mask_head_on(self, features: dict[str, torch.Tensor], index: int, size: tuple[int, int],
-                      original: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The mask head on image `index`'s features, for boxes in its original pixels."""
-        own = {name: level[index:index + 1] for name, level in features.items()}
-
-        @torch.no_grad()
-        def masks_in(boxes: torch.Tensor) -> torch.Tensor:
-            scaled = resize_boxes(boxes.to(next(iter(own.values())).device).float(), original, size)
-            return self.roi_heads.mask_logits(own, [scaled], [size]).float().sigmoid()[:, 0]
-
-        return masks_in

@@ -21,9 +21,10 @@ the sides the mask crosses move, so a box follows its object without taking in n
 A caption that names a class twice ("a circle and another circle") gives one word per class (with
 the larger count): the embedding is the class name's, so both mentions would pick the same region.
 
-Two steps, so the pipeline can run them in different places: `select_regions` (the choice,
-tiny, next to the model) and `build_instances` (pasting, binarising and RLE-encoding at the
-original image size: CPU work). `align_image` is both.
+Two steps, so the pipeline can run them in different places: `select_regions` / `select_batch` (the
+choice, next to the model: the mask head runs on the chosen regions, for a batch's images at once)
+and `build_instances` (pasting, binarising and RLE-encoding at the original image size: CPU work).
+`align_image` is both.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class RegionsLike(Protocol):
     boxes: torch.Tensor  # [R, 4] xyxy, pixels of the image the teacher saw
     embeddings: torch.Tensor  # [R, D] V2L region embeddings v_r
     scores: torch.Tensor  # [R] objectness of each region
-    mask_probs: torch.Tensor  # [R, M, M] box-relative mask probabilities, not pasted
+    mask_probs: Optional[torch.Tensor]  # [R, M, M] box-relative mask probabilities, not pasted; None: ask masks_in
     image_size: tuple[int, int]  # (H, W) of the image the teacher saw
     masks_in: Optional[Callable[[torch.Tensor], torch.Tensor]]  # [K, 4] boxes -> [K, M, M] probabilities
 
@@ -207,20 +208,22 @@ class Selection:
     tight_boxes: bool = False  # the instance box is its mask's tight box (grown selections)
 
 
-def expand_boxes(boxes: torch.Tensor, factor: float, height: int, width: int) -> torch.Tensor:
-    """[K, 4] xyxy boxes scaled by `factor` about their centres, clipped to the image."""
+def expand_boxes(boxes: torch.Tensor, factor: float, height: float | torch.Tensor,
+                 width: float | torch.Tensor) -> torch.Tensor:
+    """[K, 4] xyxy boxes scaled by `factor` about their centres, clipped to the image (`height` and
+    `width` one number, or one per box)."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
-    grown = torch.cat([centre - half, centre + half], dim=1)
-    grown[:, 0::2] = grown[:, 0::2].clamp(0, width)
-    grown[:, 1::2] = grown[:, 1::2].clamp(0, height)
-    return grown
+    grown = torch.cat([centre - half, centre + half], dim=1).clamp_min(0)
+    w, h = torch.as_tensor(width, dtype=grown.dtype), torch.as_tensor(height, dtype=grown.dtype)
+    return torch.minimum(grown, torch.stack(torch.broadcast_tensors(w, h, w, h), dim=-1).to(grown.device))
 
 
-def side_cells(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def side_cells(masks: torch.Tensor, boxes: torch.Tensor, height: float | torch.Tensor,
+               width: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """([K, 4] set cells, [K, 4] cells) on each side (left, top, right, bottom: xyxy order) of each
     box-relative [M, M] binary mask. Sides lying on the image's edge count nothing (an object cut by the
-    image cannot grow there)."""
+    image cannot grow there). `height` and `width`: one number, or one per box."""
     sides = [masks[:, :, 0], masks[:, 0, :], masks[:, :, -1], masks[:, -1, :]]
     inner = torch.stack([boxes[:, 0] > 0, boxes[:, 1] > 0, boxes[:, 2] < width, boxes[:, 3] < height], dim=1)
     hits = torch.stack([side.float().sum(dim=1) for side in sides], dim=1) * inner
@@ -228,7 +231,8 @@ def side_cells(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int
     return hits, cells
 
 
-def border_touch(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def border_touch(masks: torch.Tensor, boxes: torch.Tensor, height: float | torch.Tensor,
+                 width: float | torch.Tensor) -> torch.Tensor:
     """[K] share of the border cells of each box-relative [M, M] binary mask that are set (per side,
     so a corner counts for both of its sides); sides on the image's edge are left out (`side_cells`),
     and a box on the edge at all four sides touches nothing."""
@@ -236,41 +240,87 @@ def border_touch(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: i
     return hits.sum(dim=1) / cells.sum(dim=1).clamp_min(1)
 
 
-def grow_selection(selection: Selection, regions: RegionsLike, factors: Sequence[float], *,
-                   touch: float = 0.05, mask_threshold: float = 0.5, sides: bool = False) -> Selection:
+def masks_for(requests: Sequence[tuple[RegionsLike, torch.Tensor]]) -> list[torch.Tensor]:
+    """The mask head's [K, M, M] probabilities (CPU, fp32) for each (regions, [K, 4] boxes) request.
+    Requests on images of one model batch (a `masks_in` with a `batch`: `xpl.model.detector.ImageMasks`)
+    go through the mask head in one call; other `masks_in` are called one by one."""
+    out: list[Optional[torch.Tensor]] = [None] * len(requests)
+    batches: dict[int, tuple[Any, list[int]]] = {}
+    for k, (regions, boxes) in enumerate(requests):
+        if regions.masks_in is None:
+            raise ValueError("these regions have no mask head (`masks_in`) to ask for masks")
+        batch = getattr(regions.masks_in, "batch", None)
+        if batch is None:
+            out[k] = regions.masks_in(boxes).cpu().float()
+        else:
+            batches.setdefault(id(batch), (batch, []))[1].append(k)
+    for batch, ks in batches.values():
+        for k, probs in zip(ks, batch([(requests[k][0].masks_in.index, requests[k][1]) for k in ks])):
+            out[k] = probs.cpu().float()
+    return out  # type: ignore[return-value]
+
+
+MasksOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pick rows, [n, 4] boxes) -> [n, M, M]
+
+
+def _masks_of(regions: Sequence[RegionsLike], image: torch.Tensor) -> MasksOf:
+    """The mask head for picks of several images (`image[row]`: the image of each pick), one request per image."""
+
+    def masks(rows: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        of = image[rows]
+        groups = [torch.nonzero(of == i).flatten() for i in torch.unique(of).tolist()]
+        probs = masks_for([(regions[int(of[g[0]])], boxes[g]) for g in groups])
+        out = torch.empty((len(rows), *probs[0].shape[1:]))
+        for g, p in zip(groups, probs):
+            out[g] = p
+        return out
+
+    return masks
+
+
+def grow_selections(selections: Sequence[Selection], regions: Sequence[RegionsLike], factors: Sequence[float], *,
+                    touch: float = 0.05, mask_threshold: float = 0.5, sides: bool = False) -> list[Selection]:
     """Each chosen box enlarged by the first of 1, *`factors` whose mask touches at most `touch` of its
     border (the last factor when none does), with the mask head's probabilities in the new box.
 
     `sides` moves only the sides the mask crosses (more than `touch` of that side's cells set), one
     factor after the other, each moved side to where `expand_boxes` would put it: an object cut off on
-    one side is followed there, without the box taking in neighbours on the other sides."""
-    if not selection.words or not factors or regions.masks_in is None:
-        return selection
+    one side is followed there, without the box taking in neighbours on the other sides. The images'
+    picks grow together, one mask-head request per image and step (`masks_for`)."""
+    counts = [len(s.words) for s in selections]
+    if not factors or not sum(counts) or any(r.masks_in is None for r, n in zip(regions, counts) if n):
+        return list(selections)
+    image = torch.repeat_interleave(torch.arange(len(selections)), torch.tensor(counts))
+    heights = torch.tensor([float(r.image_size[0]) for r in regions])[image]
+    widths = torch.tensor([float(r.image_size[1]) for r in regions])[image]
     grow = _grow_sides if sides else _grow_about_centre
-    boxes, probs = grow(torch.from_numpy(selection.boxes).float(), torch.from_numpy(selection.mask_probs).float(),
-                        regions, factors, touch, mask_threshold)
-    return dataclasses.replace(selection, boxes=boxes.numpy(), mask_probs=probs.numpy(), tight_boxes=True)
+    boxes, probs = grow(torch.from_numpy(np.concatenate([s.boxes for s in selections if s.words])).float(),
+                        torch.from_numpy(np.concatenate([s.mask_probs for s in selections if s.words])).float(),
+                        heights, widths, _masks_of(regions, image), factors, touch, mask_threshold)
+    return [dataclasses.replace(s, boxes=b.numpy(), mask_probs=p.numpy(), tight_boxes=True) if s.words else s
+            for s, b, p in zip(selections, boxes.split(counts), probs.split(counts))]
 
 
-def _grow_about_centre(boxes: torch.Tensor, probs: torch.Tensor, regions: RegionsLike, factors: Sequence[float],
-                       touch: float, mask_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`grow_selection` scaling whole boxes about their centres (all factors in one mask-head call)."""
-    height, width = regions.image_size
+def _grow_about_centre(boxes: torch.Tensor, probs: torch.Tensor, height: torch.Tensor, width: torch.Tensor,
+                       masks: MasksOf, factors: Sequence[float], touch: float,
+                       mask_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`grow_selections` scaling whole boxes about their centres (all factors in one mask-head call)."""
     candidates = [boxes] + [expand_boxes(boxes, f, height, width) for f in factors]
-    masks = [probs] + list(regions.masks_in(torch.cat(candidates[1:])).cpu().float().split(len(boxes)))
+    rows = torch.arange(len(boxes)).repeat(len(factors))
+    masks_by_factor = [probs] + list(masks(rows, torch.cat(candidates[1:])).split(len(boxes)))
     chosen = torch.full((len(boxes),), len(candidates) - 1)
     for step in reversed(range(len(candidates))):
-        fits = border_touch(masks[step] >= mask_threshold, candidates[step], height, width) <= touch
+        fits = border_touch(masks_by_factor[step] >= mask_threshold, candidates[step], height, width) <= touch
         chosen = torch.where(fits, torch.full_like(chosen, step), chosen)
     pick = torch.arange(len(boxes))
-    return torch.stack(candidates)[chosen, pick], torch.stack(masks)[chosen, pick]
+    return torch.stack(candidates)[chosen, pick], torch.stack(masks_by_factor)[chosen, pick]
 
 
-def _grow_sides(boxes: torch.Tensor, probs: torch.Tensor, regions: RegionsLike, factors: Sequence[float],
-                touch: float, mask_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`grow_selection` moving the crossed sides only (one mask-head call per factor, for the boxes
+def _grow_sides(boxes: torch.Tensor, probs: torch.Tensor, height: torch.Tensor, width: torch.Tensor,
+                masks: MasksOf, factors: Sequence[float], touch: float,
+                mask_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`grow_selections` moving the crossed sides only (one mask-head call per factor, for the boxes
     that do not fit yet)."""
-    height, width = regions.image_size
     box, prob = boxes.clone(), probs.clone()
     for factor in factors:
         hits, cells = side_cells(prob >= mask_threshold, box, height, width)
@@ -279,41 +329,62 @@ def _grow_sides(boxes: torch.Tensor, probs: torch.Tensor, regions: RegionsLike, 
             break
         crossed = (hits / cells.clamp_min(1) > touch) & open_[:, None]
         box = torch.where(crossed, expand_boxes(boxes, factor, height, width), box)
-        prob[open_] = regions.masks_in(box[open_]).cpu().float()
+        rows = torch.nonzero(open_).flatten()
+        prob[rows] = masks(rows, box[rows])
     return box, prob
 
 
-def select_regions(
-    words: Sequence[Word], regions: RegionsLike, *, score_threshold: Optional[float] = None, cosine: bool = False,
-    grow: Sequence[float] = (), grow_touch: float = 0.05, grow_sides: bool = False, mask_threshold: float = 0.5,
-    max_per_word: int = 1,
-) -> Selection:
-    """The best region of each (class-unique) word, or its `count` best on different objects (at most
-    `max_per_word`; 1 is the paper's top-1); regions below the threshold are not picked; the chosen
-    boxes grown by `grow_selection` when `grow` factors are given."""
+def _picked(words: Sequence[Word], regions: RegionsLike, score_threshold: Optional[float], cosine: bool,
+            max_per_word: int) -> tuple[Selection, bool]:
+    """The picks of one image without growth (their masks left empty when the regions carry none),
+    and whether a word may have picked several regions."""
     words = unique_words(words)
-    mask_size = tuple(regions.mask_probs.shape[1:]) or (0, 0)
+    mask_size = tuple(regions.mask_probs.shape[1:]) if regions.mask_probs is not None else (0, 0)
     empty = Selection([], np.zeros(0, np.float32), np.zeros((0, 4), np.float32),
                       np.zeros((0, *mask_size), np.float32), np.zeros(0, np.float32))
     if regions.boxes.shape[0] == 0:
-        return dataclasses.replace(empty, reason=NO_REGIONS)
+        return dataclasses.replace(empty, reason=NO_REGIONS), False
     dim = regions.embeddings.shape[1]
     embeddings = torch.stack([w.embedding for w in words]) if words else torch.zeros(0, dim)
     counts = [min(w.count, max_per_word) for w in words]
     picks = pick_regions(embeddings, regions.embeddings.cpu(), regions.boxes.cpu(), counts, score_threshold, cosine)
     if not picks:
-        return dataclasses.replace(empty, reason=BELOW_THRESHOLD)
+        return dataclasses.replace(empty, reason=BELOW_THRESHOLD), False
     index = torch.tensor([r for _, r, _ in picks], device=regions.boxes.device)
-    selection = Selection(
+    masks = regions.mask_probs[index].float().cpu().numpy() if regions.mask_probs is not None else empty.mask_probs
+    return Selection(
         words=[(words[w].category_id, words[w].name, words[w].phrase) for w, _, _ in picks],
         scores=np.array([s for _, _, s in picks], dtype=np.float32),
         boxes=regions.boxes[index].float().cpu().numpy(),
-        mask_probs=regions.mask_probs[index].float().cpu().numpy(),
+        mask_probs=masks,
         region_scores=regions.scores[index].float().cpu().numpy(),
-    )
-    selection = grow_selection(selection, regions, grow, touch=grow_touch, mask_threshold=mask_threshold,
-                               sides=grow_sides)
-    return drop_repeats(selection) if max(counts) > 1 and selection.tight_boxes else selection
+    ), max(counts) > 1
+
+
+def select_batch(
+    words: Sequence[Sequence[Word]], regions: Sequence[RegionsLike], *, score_threshold: Optional[float] = None,
+    cosine: bool = False, grow: Sequence[float] = (), grow_touch: float = 0.05, grow_sides: bool = False,
+    mask_threshold: float = 0.5, max_per_word: int = 1,
+) -> list[Selection]:
+    """`select_regions` for each image (its words, its regions), the images' mask-head work together: the
+    masks of the picks (when `regions(masks=False)` left them out) in one request per image, then growth."""
+    picked = [_picked(w, r, score_threshold, cosine, max_per_word) for w, r in zip(words, regions, strict=True)]
+    selections = [s for s, _ in picked]
+    missing = [k for k, s in enumerate(selections) if s.words and len(s.mask_probs) != len(s.words)]
+    if missing:
+        probs = masks_for([(regions[k], torch.from_numpy(selections[k].boxes)) for k in missing])
+        for k, p in zip(missing, probs):
+            selections[k] = dataclasses.replace(selections[k], mask_probs=p.numpy())
+    selections = grow_selections(selections, regions, grow, touch=grow_touch, mask_threshold=mask_threshold,
+                                 sides=grow_sides)
+    return [drop_repeats(s) if several and s.tight_boxes else s for s, (_, several) in zip(selections, picked)]
+
+
+def select_regions(words: Sequence[Word], regions: RegionsLike, **choice: Any) -> Selection:
+    """The best region of each (class-unique) word, or its `count` best on different objects (at most
+    `max_per_word`; 1 is the paper's top-1); regions below `score_threshold` are not picked; the chosen
+    boxes grown by `grow_selections` when `grow` factors are given (`select_batch`'s keywords)."""
+    return select_batch([words], [regions], **choice)[0]
 
 
 def build_instances(

@@ -77,7 +77,7 @@ class Settings:
 
     @property
     def choice(self) -> dict[str, Any]:
-        """How caption words choose regions: the keywords of `select_regions` (teacher actor, benchmark)."""
+        """How caption words choose regions: the keywords of `select_batch` (teacher actor, benchmark)."""
         return {"score_threshold": self.score_threshold, "cosine": self.cosine, "grow": tuple(self.grow),
                 "grow_touch": self.grow_touch, "grow_sides": self.grow_sides, "max_per_word": self.max_per_word,
                 "mask_threshold": self.mask_threshold}

@@ -1,7 +1,8 @@
 """The teacher as a Ray Data callable class: one model per actor, blocks of decoded samples in.
 
-Pending rows go through `model.regions(...)` in chunks of `batch_size` images and `select_regions`
-(each caption word's best region); only the chosen regions (boxes, scores, mask tiles) leave the
+Pending rows go through `model.regions(...)` in chunks of `batch_size` images and `select_batch`
+(each caption word's best region; the mask head runs on the chosen regions only, for the whole chunk
+at once); only the chosen regions (boxes, scores, mask tiles) leave the
 actor, as Arrow columns (`xpl.pseudo.selection_columns`); the writer pastes and encodes the masks,
 so the actor's time goes to the model. Rows where no word found a region become `no_match` here;
 every other row passes through. Rows the model ran on carry the actor's Ray node id
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from xpl.pseudo.align import Selection, caption_words, select_regions
+from xpl.pseudo.align import Selection, caption_words, select_batch
 from xpl.pseudo.rows import NO_MATCH, PENDING, RESULT_SCHEMA, SAMPLE
 from xpl.pseudo.selection_columns import selection_columns
 
@@ -53,7 +54,7 @@ class Teacher:
         self.embedding = {cid: torch.tensor(np.asarray(e), dtype=torch.float32)
                           for cid, e in zip(class_ids, class_embeddings)}
         self.batch_size = batch_size
-        self.choice = dict(choice or {})  # keywords of `select_regions` (`Settings.choice`)
+        self.choice = dict(choice or {})  # keywords of `select_batch` (`Settings.choice`)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
@@ -73,9 +74,9 @@ class Teacher:
         out: list[Selection] = []
         with torch.inference_mode():
             for at in range(0, len(pixels), self.batch_size):
-                regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]])
-                for reg, row_words in zip(regions, words[at:at + self.batch_size]):
-                    out.append(select_regions(caption_words(row_words, self.embedding), reg, **self.choice))
+                regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]], masks=False)
+                out += select_batch([caption_words(w, self.embedding) for w in words[at:at + self.batch_size]],
+                                    regions, **self.choice)
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
