@@ -48,7 +48,7 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
     """Quality of each choice rule, candidate coverage and the kinds of wrong dot picks, per split and class."""
     from xpl.eval.pseudo_quality import judge_sample, quality_report
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import build_instances, caption_words, select_regions
+    from xpl.pseudo.align import build_instances, caption_words, select_batch
     from xpl.text import TextEncoder
     from xpl.vocab import Vocabulary
 
@@ -66,19 +66,20 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
     for start in range(0, len(pending), batch_size):
         chunk = pending[start:start + batch_size]
         images = [torch.from_numpy(d.pixels.copy()).permute(2, 0, 1).float().div_(255) for d, _ in chunk]
+        words = [caption_words(decoded.words, embedding) for decoded, _ in chunk]
         with torch.inference_mode():
             regions = model.regions(images)
-            for (decoded, truth), reg in zip(chunk, regions):
-                words = caption_words(decoded.words, embedding)
-                for rule, options in rules.items():
-                    selection = select_regions(words, reg, mask_threshold=cfg.pseudolabel.mask_threshold, **options)
+            for rule, options in rules.items():
+                chosen = select_batch(words, regions, mask_threshold=cfg.pseudolabel.mask_threshold, **options)
+                for (decoded, truth), selection in zip(chunk, chosen):
                     built = build_instances(selection, height=decoded.height, width=decoded.width,
                                             box_scale=decoded.scale, mask_threshold=cfg.pseudolabel.mask_threshold)
                     found = [i.to_json() for i in built.instances]
                     records[rule].append({"categories": [i["category_id"] for i in found],
                                           "align_scores": [i["align_score"] for i in found],
                                           "truth": judge_sample(found, truth)})
-                tally_coverage(coverage, words, reg, decoded.scale, truth, names, splits)
+        for (decoded, truth), image_words, reg in zip(chunk, words, regions):
+            tally_coverage(coverage, image_words, reg, decoded.scale, truth, names, splits)
     reports = {rule: quality_report(recs, names, splits) for rule, recs in records.items()}
     return {"samples": len(pending), "grow": grow,
             "rules": {rule: {"splits": r["splits"], "classes": r["classes"]} for rule, r in reports.items() if r},

@@ -370,7 +370,7 @@ def select_batch(
     masks of the picks (when `regions(masks=False)` left them out) in one request per image, then growth."""
     picked = [_picked(w, r, score_threshold, cosine, max_per_word) for w, r in zip(words, regions, strict=True)]
     selections = [s for s, _ in picked]
-    missing = [k for k, s in enumerate(selections) if s.words and len(s.mask_probs) != len(s.words)]
+    missing = [k for k, s in enumerate(selections) if s.words and regions[k].mask_probs is None]
     if missing:
         probs = masks_for([(regions[k], torch.from_numpy(selections[k].boxes)) for k in missing])
         for k, p in zip(missing, probs):
