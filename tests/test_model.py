@@ -129,6 +129,21 @@ def test_weighted_fastrcnn_loss_matches_hand_computation():
     assert unweighted.item() == pytest.approx(F.cross_entropy(torch.tensor(logits), torch.tensor(labels)).item())
 
 
+
+def test_unannotated_classes_compete_on_annotated_objects_only():
+    logits = [[2.0, 0.5, -1.0, 0.7], [0.1, 0.3, 0.2, 1.5]]  # classes 0 (background), 1, 2, 3
+    labels = [0, 2]
+
+    def ce(row, y):
+        return math.log(sum(math.exp(x) for x in row)) - row[y]
+
+    # class 3 may lie unannotated in the image: the background RoI's softmax leaves it out
+    expected = (0.2 * ce(logits[0][:3], 0) + ce(logits[1], 2)) / 1.2
+    zeros = torch.zeros(2, 4)
+    cls, _ = weighted_fastrcnn_loss(torch.tensor(logits), zeros, [torch.tensor(labels)], [zeros], bg_weight=0.2,
+                                    unannotated=torch.tensor([False, False, False, True]))
+    assert cls.item() == pytest.approx(expected, rel=1e-6)
+
 def test_bg_weight_reaches_the_model_loss():
     images, targets = batch()
     values = []

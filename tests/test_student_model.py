@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from xpl.model.detector import OpenVocabMaskRCNN
+from xpl.model.objectives import DetectionWithCaptions
 from xpl.model.student import RobustStudent
 
 DIM = 16
@@ -41,6 +42,44 @@ def test_gt_branch_is_the_detector_over_base_classes_only() -> None:
         assert losses[name].item() == pytest.approx(expected[name].item(), rel=1e-5)
     assert student.detector.class_embeddings.shape[0] == 4  # the whole vocabulary again after the step
 
+
+
+def test_gt_all_classes_labels_base_objects_in_the_whole_vocabulary() -> None:
+    det = _detector()
+    student = RobustStudent(det, base_labels=[1, 3], gt_all_classes=True).train()
+    image = torch.rand(3, 64, 64)
+    target = _target([8, 8, 30, 30], 2)  # the second base class: label 3 of the vocabulary
+    torch.manual_seed(1)
+    losses, _ = student([image], [target], [], [])
+    assert target["labels"].tolist() == [2]  # the caller's targets are left as they were
+    reference = _detector().train()
+    reference.roi_heads.unannotated = torch.tensor([False, False, True, False, True])
+    torch.manual_seed(1)
+    expected = reference([image], [_target([8, 8, 30, 30], 3)])
+    for name in expected:
+        assert losses[name].item() == pytest.approx(expected[name].item(), rel=1e-5)
+    assert student.detector.roi_heads.unannotated is None  # the pseudo branch and inference see every class
+    base_student = RobustStudent(_detector(), base_labels=[1, 3]).train()
+    torch.manual_seed(1)
+    base_only, _ = base_student([image], [target], [], [])
+    assert losses["loss_mask"].item() == pytest.approx(base_only["loss_mask"].item(), rel=1e-6)
+    assert losses["loss_classifier"].item() != pytest.approx(base_only["loss_classifier"].item(), rel=1e-3)
+
+
+def test_teacher_with_base_labels_classifies_annotated_images_like_the_student() -> None:
+    image, target = torch.rand(3, 64, 64), _target([8, 8, 30, 30], 2)
+    student = RobustStudent(_detector(), base_labels=[1, 3], gt_all_classes=True).train()
+    torch.manual_seed(1)
+    expected, _ = student([image], [target], [], [])
+    det = _detector()
+    vocabulary = det.class_embeddings.clone()
+    det.set_class_embeddings(vocabulary[[0, 2]])  # the teacher's detector holds the base classes
+    teacher = DetectionWithCaptions(det, vocabulary, base_labels=[1, 3]).train()
+    torch.manual_seed(1)
+    losses = teacher([image], [target])
+    for name in expected:
+        assert losses[name].item() == pytest.approx(expected[name].item(), rel=1e-5)
+    assert torch.equal(det.class_embeddings, vocabulary[[0, 2]])
 
 def test_pseudo_branch_trains_positives_only_and_sigma_head_freezes() -> None:
     student = RobustStudent(_detector(), base_labels=[1, 3], samples=3, sigma_freeze_step=1,

@@ -129,6 +129,8 @@ class TeacherConfig:
     grounding_weight: float = 0.0  # > 0: caption words attend over candidate regions (in-batch contrast)
     caption_batch_size: int = 4  # caption images per worker and step for those two losses
     caption_regions: int = 32  # candidate regions per caption image
+    # annotated (base) objects push down every other class, novel ones included; background RoIs over base only
+    gt_all_classes: bool = False
 
 
 @dataclass
@@ -201,6 +203,7 @@ class StudentConfig:
     sigma_freeze_step: int = 1_000_000_000
     max_positives: int = 16  # positive RoIs per pseudo-labeled image
     pseudo_box_loss: bool = False
+    gt_all_classes: bool = False  # as `teacher.gt_all_classes`, for the GT branch
     freeze_v2l: bool = True
     # > 0: the classes each pseudo-labeled image's caption names must be found among its candidate regions,
     # as the teacher learned them (`xpl.model.grounding.caption_label_loss`); 0: the paper's student

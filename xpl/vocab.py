@@ -100,6 +100,10 @@ class Vocabulary:
             raise ValueError(f"unknown split {which!r}: expected base, novel or all")
         return [c for c in self.categories if c.split == which]
 
+    def labels(self, which: str) -> list[int]:
+        """Detector labels (1..C, vocabulary order) of one split's classes."""
+        return [i for i, c in enumerate(self.categories, start=1) if c.split == which]
+
     def by_id(self, category_id: int) -> Category:
         return self._by_id[category_id]
 

@@ -28,11 +28,14 @@ def weighted_fastrcnn_loss(
     regression_targets: list[torch.Tensor],
     *,
     bg_weight: float,
+    unannotated: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast R-CNN losses with a background class weight and class-agnostic boxes.
 
     Classification: cross-entropy with class weights (bg_weight, 1, ..., 1),
     averaged as PyTorch's weighted mean (sum of w_y * CE / sum of w_y).
+    `unannotated` ([C+1] bool) marks classes the images may hold without annotation: their logits
+    compete on annotated objects (which are not of those classes) but not on background RoIs.
     Box: smooth-L1 (beta 1/9) on the positives' single delta, summed and divided
     by the number of sampled RoIs (torchvision's normalisation).
 
@@ -45,7 +48,11 @@ def weighted_fastrcnn_loss(
     targets_all = torch.cat(regression_targets, dim=0).float()
     weight = torch.ones(class_logits.shape[1], device=class_logits.device)
     weight[0] = bg_weight
-    classification_loss = F.cross_entropy(class_logits.float(), labels_all, weight=weight)
+    logits = class_logits.float()
+    if unannotated is not None:
+        hidden = (labels_all == 0)[:, None] & unannotated.to(logits.device)[None, :]
+        logits = logits.masked_fill(hidden, float("-inf"))
+    classification_loss = F.cross_entropy(logits, labels_all, weight=weight)
     positive = torch.where(labels_all > 0)[0]
     box_loss = F.smooth_l1_loss(
         box_regression.float()[positive], targets_all[positive], beta=1 / 9, reduction="sum"
@@ -84,7 +91,8 @@ class OpenVocabRoIHeads(RoIHeads):
     """torchvision `RoIHeads` with the open-vocabulary predictor and class-agnostic boxes/masks.
 
     Takes RoIHeads' arguments (mask parts required) plus `bg_weight`.
-    Keypoints are not supported.
+    Keypoints are not supported. `unannotated` (None, or [C+1] bool over the current classes) is
+    passed to `weighted_fastrcnn_loss` in training.
     """
 
     def __init__(self, *args, bg_weight: float, **kwargs) -> None:
@@ -92,6 +100,7 @@ class OpenVocabRoIHeads(RoIHeads):
         if not self.has_mask():
             raise ValueError("OpenVocabRoIHeads needs mask_roi_pool, mask_head and mask_predictor")
         self.bg_weight = bg_weight
+        self.unannotated: Optional[torch.Tensor] = None
 
     def box_features(
         self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
@@ -139,7 +148,8 @@ class OpenVocabRoIHeads(RoIHeads):
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         class_logits, box_regression = self.box_predictor(self.box_features(features, proposals, image_shapes))
         loss_classifier, loss_box_reg = weighted_fastrcnn_loss(
-            class_logits, box_regression, labels, regression_targets, bg_weight=self.bg_weight
+            class_logits, box_regression, labels, regression_targets, bg_weight=self.bg_weight,
+            unannotated=self.unannotated,
         )
         positives = [torch.where(lab > 0)[0] for lab in labels]
         mask_boxes = [p[pos] for p, pos in zip(proposals, positives)]

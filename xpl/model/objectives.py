@@ -3,7 +3,7 @@ losses (DDP and DeepSpeed see every trained parameter used inside `forward`)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -12,6 +12,25 @@ from xpl.model.grounding import caption_label_loss, grounding_loss
 
 # images, [B, T, D] caption tokens, [B, T] token mask, [B, C] vocabulary classes each caption names
 CaptionBatch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def whole_vocabulary_losses(detector: OpenVocabMaskRCNN, images: list[torch.Tensor],
+                            targets: list[dict[str, torch.Tensor]], vocabulary: torch.Tensor,
+                            base_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The detector's losses on base-annotated images (target labels 1..B pick `base_labels`, the
+    vocabulary labels of the base classes), classifying over the whole `vocabulary` [C, D]: an annotated
+    object is of its class and of no other, novel ones included, while background RoIs compete over
+    background and the base classes only, since objects of other classes may lie there unannotated.
+    The detector's class embeddings are restored afterwards."""
+    heads = detector.roi_heads
+    kept = detector.class_embeddings
+    label_map = torch.cat([base_labels.new_zeros(1), base_labels])
+    unannotated = torch.ones(vocabulary.shape[0] + 1, dtype=torch.bool, device=label_map.device)
+    unannotated[label_map] = False
+    heads.box_predictor.class_embeddings, heads.unannotated = vocabulary, unannotated
+    losses = detector(images, [{**t, "labels": label_map[t["labels"]]} for t in targets])
+    heads.box_predictor.class_embeddings, heads.unannotated = kept, None
+    return losses
 
 
 class GridGrounding(torch.nn.Module):
@@ -33,17 +52,25 @@ class DetectionWithCaptions(torch.nn.Module):
       included, must score high on some region of its image, the others on none;
     - `loss_grounding` (`grounding_loss`): the caption's words attend over the regions, in-batch contrast.
     So region embeddings learn the novel names from captions while the detector learns the base classes.
-    `vocabulary`: [C, D] embeddings of every class (base and novel), in label order."""
+    `vocabulary`: [C, D] embeddings of every class (base and novel), in label order. `base_labels` (the
+    vocabulary labels of the base classes, whose order the targets' labels 1..B follow): the annotated
+    images classify over the whole vocabulary (`whole_vocabulary_losses`); None: over the detector's
+    current (base) classes only."""
 
     def __init__(self, detector: OpenVocabMaskRCNN, vocabulary: torch.Tensor, *, max_regions: int = 32,
-                 tau: float = 1.0) -> None:
+                 tau: float = 1.0, base_labels: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.detector, self.max_regions, self.tau = detector, max_regions, tau
         self.register_buffer("vocabulary", vocabulary.detach().float().clone(), persistent=False)
+        self.register_buffer("base_labels", None if base_labels is None else torch.tensor(list(base_labels)),
+                             persistent=False)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
                 captions: Optional[CaptionBatch] = None) -> dict[str, torch.Tensor]:
-        losses = self.detector(images, targets)
+        if self.base_labels is None:
+            losses = self.detector(images, targets)
+        else:
+            losses = whole_vocabulary_losses(self.detector, images, targets, self.vocabulary, self.base_labels)
         if captions is not None:
             caption_images, tokens, token_mask, labels = captions
             regions, valid = self.detector.candidate_embeddings(caption_images, max_regions=self.max_regions)

@@ -3,6 +3,9 @@ pseudo-labeled caption images, in one forward call (DDP and DeepSpeed see every 
 
 GT branch: the detector's standard Mask R-CNN losses, its classifier restricted to the base classes
 (+ background): base images say nothing about novel classes, so they never push novel logits down.
+With `gt_all_classes` the classifier spans the whole vocabulary on the annotated objects, which are of
+base classes and so not of any novel class, and stays restricted to base + background on background
+RoIs, where unannotated novel objects may lie.
 
 Pseudo branch (per caption image, boxes in its pixels):
 - RPN proposals (no gradient to the boxes) plus the pseudo boxes themselves; RoIs with IoU >= 0.5 to
@@ -26,6 +29,7 @@ from torchvision.models.detection.roi_heads import project_masks_on_boxes
 
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import caption_label_loss
+from xpl.model.objectives import whole_vocabulary_losses
 from xpl.model.robust import SigmaHead, instance_weights, robust_mask_loss
 
 Targets = list[dict[str, torch.Tensor]]
@@ -41,12 +45,13 @@ class RobustStudent(torch.nn.Module):
         c: numerator of the instance weights. sigma_freeze_step: forward calls after which sigma stops learning.
         names: the vocabulary's names (labels 1..C), for the per-class statistics.
         track_corruption: targets carry `corrupted` flags (the noise study); sigma is reported for both kinds.
+        gt_all_classes: the GT branch's annotated objects push down every other class, novel ones included.
     """
 
     def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str = "expected_likelihood",
                  samples: int = 5, c: float = 1.0, sigma0: float = 1.0, sigma_freeze_step: int = 10**9,
                  max_positives: int = 16, pseudo_box_loss: bool = False, names: Optional[Sequence[str]] = None,
-                 track_corruption: bool = False) -> None:
+                 track_corruption: bool = False, gt_all_classes: bool = False) -> None:
         super().__init__()
         self.detector = detector
         predictor = detector.roi_heads.mask_predictor
@@ -57,6 +62,8 @@ class RobustStudent(torch.nn.Module):
         self.register_buffer("all_embeddings", all_embeddings.clone(), persistent=False)
         self.register_buffer("base_embeddings", all_embeddings[torch.tensor(base_labels) - 1].clone(), persistent=False)
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("base_labels", torch.tensor(base_labels), persistent=False)
+        self.gt_all_classes = gt_all_classes
         self.mode, self.samples, self.c = mode, samples, c
         self.sigma_freeze_step, self.max_positives, self.pseudo_box_loss = sigma_freeze_step, max_positives, pseudo_box_loss
         self.names = list(names) if names is not None else [f"label{i}" for i in range(1, all_embeddings.shape[0] + 1)]
@@ -74,8 +81,7 @@ class RobustStudent(torch.nn.Module):
         `loss_caption_labels` over the pseudo images' candidate regions (unweighted: the caller weighs it)."""
         losses: dict[str, torch.Tensor] = {}
         if gt_images:
-            self._use_classes(self.base_embeddings)
-            losses.update(self.detector(gt_images, gt_targets))
+            losses.update(self._gt_branch(gt_images, gt_targets))
         self._use_classes(self.all_embeddings)
         stats: dict[str, float] = {}
         if pseudo_images:
@@ -84,6 +90,13 @@ class RobustStudent(torch.nn.Module):
         if self.training:
             self.calls += 1
         return losses, stats
+
+    def _gt_branch(self, images: list[torch.Tensor], targets: Targets) -> dict[str, torch.Tensor]:
+        """The detector's losses on base-annotated images (labels 1..len(base_labels))."""
+        if self.gt_all_classes:
+            return whole_vocabulary_losses(self.detector, images, targets, self.all_embeddings, self.base_labels)
+        self._use_classes(self.base_embeddings)
+        return self.detector(images, targets)
 
     def _positives(self, proposals: list[torch.Tensor], targets: Targets) -> tuple[list[torch.Tensor], list[torch.Tensor],
                                                                                 list[torch.Tensor]]:

@@ -69,12 +69,10 @@ class StudentTask(BaseImagesTask):
         detector.set_class_embeddings(TextEncoder(cfg.text.model).embed(vocab.names))
         if st.freeze_v2l:
             detector.freeze_v2l()
-        base = {c.id for c in vocab.split("base")}
-        base_labels = [i for i, c in enumerate(vocab.categories, start=1) if c.id in base]
-        return RobustStudent(detector, base_labels, mode=st.mode, samples=st.samples, c=st.c, sigma0=st.sigma0,
-                             sigma_freeze_step=st.sigma_freeze_step, max_positives=st.max_positives,
+        return RobustStudent(detector, vocab.labels("base"), mode=st.mode, samples=st.samples, c=st.c,
+                             sigma0=st.sigma0, sigma_freeze_step=st.sigma_freeze_step, max_positives=st.max_positives,
                              pseudo_box_loss=st.pseudo_box_loss, names=vocab.names,
-                             track_corruption=st.corrupt.share > 0).train()
+                             track_corruption=st.corrupt.share > 0, gt_all_classes=st.gt_all_classes).train()
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg, st, data = self.cfg, self.cfg.student, self.dataset()

@@ -61,8 +61,10 @@ class TeacherTask(BaseImagesTask):
         model.set_class_embeddings(self.encoder().embed(base_categories(cfg)[1]))
         if cfg.teacher.freeze_v2l:
             model.freeze_v2l()
-        return DetectionWithCaptions(model, self.encoder().embed(self.vocabulary().names),
-                                     max_regions=cfg.teacher.caption_regions, tau=cfg.pretrain.tau)
+        vocab = self.vocabulary()
+        return DetectionWithCaptions(model, self.encoder().embed(vocab.names), max_regions=cfg.teacher.caption_regions,
+                                     tau=cfg.pretrain.tau,
+                                     base_labels=vocab.labels("base") if cfg.teacher.gt_all_classes else None)
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg, data = self.cfg, self.dataset()
