@@ -129,7 +129,6 @@ def test_weighted_fastrcnn_loss_matches_hand_computation():
     assert unweighted.item() == pytest.approx(F.cross_entropy(torch.tensor(logits), torch.tensor(labels)).item())
 
 
-
 def test_unannotated_classes_compete_on_annotated_objects_only():
     logits = [[2.0, 0.5, -1.0, 0.7], [0.1, 0.3, 0.2, 1.5]]  # classes 0 (background), 1, 2, 3
     labels = [0, 2]
@@ -143,6 +142,7 @@ def test_unannotated_classes_compete_on_annotated_objects_only():
     cls, _ = weighted_fastrcnn_loss(torch.tensor(logits), zeros, [torch.tensor(labels)], [zeros], bg_weight=0.2,
                                     unannotated=torch.tensor([False, False, False, True]))
     assert cls.item() == pytest.approx(expected, rel=1e-6)
+
 
 def test_bg_weight_reaches_the_model_loss():
     images, targets = batch()

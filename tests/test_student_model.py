@@ -43,7 +43,6 @@ def test_gt_branch_is_the_detector_over_base_classes_only() -> None:
     assert student.detector.class_embeddings.shape[0] == 4  # the whole vocabulary again after the step
 
 
-
 def test_gt_all_classes_labels_base_objects_in_the_whole_vocabulary() -> None:
     det = _detector()
     student = RobustStudent(det, base_labels=[1, 3], gt_all_classes=True).train()
@@ -80,6 +79,7 @@ def test_teacher_with_base_labels_classifies_annotated_images_like_the_student()
     for name in expected:
         assert losses[name].item() == pytest.approx(expected[name].item(), rel=1e-5)
     assert torch.equal(det.class_embeddings, vocabulary[[0, 2]])
+
 
 def test_pseudo_branch_trains_positives_only_and_sigma_head_freezes() -> None:
     student = RobustStudent(_detector(), base_labels=[1, 3], samples=3, sigma_freeze_step=1,

@@ -88,6 +88,10 @@ def test_named_classes_as_an_indicator_in_vocabulary_order(vocab):
 def test_splits(vocab):
     assert [c.name for c in vocab.split("novel")] == ["moon", "teddy bear"]
     assert len(vocab.split("base")) == 8 and len(vocab.split("all")) == 10
+    assert vocab.labels("novel") == [6, 7] and vocab.labels("base") == [1, 2, 3, 4, 5, 8, 9, 10]
+    assert vocab.labels("all") == list(range(1, 11))
+    with pytest.raises(ValueError, match="unknown split 'rare'"):
+        vocab.labels("rare")
 
 
 def test_load_coco_and_lvis_style(tmp_path):

@@ -101,8 +101,9 @@ class Vocabulary:
         return [c for c in self.categories if c.split == which]
 
     def labels(self, which: str) -> list[int]:
-        """Detector labels (1..C, vocabulary order) of one split's classes."""
-        return [i for i, c in enumerate(self.categories, start=1) if c.split == which]
+        """Detector labels (1..C, vocabulary order) of one split's classes (`split`'s names)."""
+        chosen = {c.id for c in self.split(which)}
+        return [i for i, c in enumerate(self.categories, start=1) if c.id in chosen]
 
     def by_id(self, category_id: int) -> Category:
         return self._by_id[category_id]
