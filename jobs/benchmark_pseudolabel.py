@@ -132,19 +132,22 @@ def bench_plain(teacher: str, images: list, batch_size: int, threads: int, selec
     import torch
 
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import caption_words, select_batch
+    from xpl.pseudo.align import caption_words, scored_choice, select_batch
 
     def run(batch: list, first: int) -> None:
         if select is None:
             model.regions(batch)
         else:
             words = select["words"][first:first + len(batch)]
-            select_batch([caption_words(w, select["embedding"]) for w in words], model.regions(batch, masks=False),
-                         **select["options"])
+            select_batch([caption_words(w, select["embedding"]) for w in words], model.regions(batch, masks=False, flip=select["flip"]),
+                         **options)
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     model = load_model(teacher)
+    if select is not None:
+        options = scored_choice(select["options"], torch.stack(list(select["embedding"].values())),
+                                model.v2l.scale)
     with torch.inference_mode():
         run(images[:batch_size], 0)  # warm-up
         with PeakMemory() as mem:
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     images, words = predecoded(shards, vocab, settings.image_size, settings.max_pixels)
     embeddings = TextEncoder(cfg.text.model).embed(vocab.names).numpy()
     select = {"words": words, "embedding": {c: torch.tensor(e) for c, e in zip(vocab.ids, embeddings)},
-              "options": settings.choice}
+              "options": settings.choice, "flip": settings.flip}
     results = {"load_average": list(os.getloadavg()), "device": "cpu", "cpus": torch.get_num_threads(),
                "shards": len(shards), "repeat": args.repeat,
                "batch_size": settings.batch_size, "image_size": settings.image_size, "teacher": str(teacher),

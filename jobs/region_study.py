@@ -5,8 +5,10 @@
 Runs the configured teacher (`pseudolabel.teacher`) over the caption shards (`pseudolabel.input`: the
 training data; the val split reports results and is not for tuning) in one process, no Ray, and judges
 each word's pick against the truth the shapes world's samples carry, for three ways of choosing:
-`dot` (the paper's top-1 dot product), `cosine`, and `grow` (the dot pick grown until its mask fits,
-`pseudolabel.grow`). Also reported: how often some candidate region covers the named object at all
+`dot` (the paper's top-1 dot product), `cosine`, `vocab` (the word's log-probability under the
+teacher's classifier over background and the whole vocabulary), `grow` (the dot pick grown about its
+centre until its mask fits, `pseudolabel.grow`), `sides` (grown at the sides its mask crosses) and
+`sides+vocab`. Also reported: how often some candidate region covers the named object at all
 (box IoU >= 0.5: the ceiling of any pick) and, for wrong dot picks, whether they lie on the right object
 with a bad box (`part`: box IoU 0.1-0.5 with an object of the named class) or on another object.
 Prints a table per split and class and writes JSON (default `<output_dir>/region_study.json`).
@@ -48,7 +50,7 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
     """Quality of each choice rule, candidate coverage and the kinds of wrong dot picks, per split and class."""
     from xpl.eval.pseudo_quality import judge_sample, quality_report
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import build_instances, caption_words, select_batch
+    from xpl.pseudo.align import build_instances, caption_words, scored_choice, select_batch
     from xpl.text import TextEncoder
     from xpl.vocab import Vocabulary
 
@@ -58,7 +60,9 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
     embedding = dict(zip(vocab.ids, TextEncoder(cfg.text.model).embed(vocab.names)))
     model = load_model(cfg.pseudolabel.teacher, map_location="cpu").eval()
     growth = {"grow": tuple(grow), "grow_touch": cfg.pseudolabel.grow_touch}
-    rules = {"dot": {}, "cosine": {"cosine": True}, "grow": growth, "sides": {**growth, "grow_sides": True}}
+    vocabulary = scored_choice({"vocabulary_softmax": True}, torch.stack(list(embedding.values())), model.v2l.scale)
+    rules = {"dot": {}, "cosine": {"cosine": True}, "vocab": vocabulary, "grow": growth,
+             "sides": {**growth, "grow_sides": True}, "sides+vocab": {**growth, "grow_sides": True, **vocabulary}}
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     coverage: dict[str, Counter] = defaultdict(Counter)
     pending = list(samples(cfg, vocab))
@@ -68,7 +72,7 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
         images = [torch.from_numpy(d.pixels.copy()).permute(2, 0, 1).float().div_(255) for d, _ in chunk]
         words = [caption_words(decoded.words, embedding) for decoded, _ in chunk]
         with torch.inference_mode():
-            regions = model.regions(images)
+            regions = model.regions(images, flip=cfg.pseudolabel.flip)
             for rule, options in rules.items():
                 chosen = select_batch(words, regions, mask_threshold=cfg.pseudolabel.mask_threshold, **options)
                 for (decoded, truth), selection in zip(chunk, chosen):
@@ -114,11 +118,11 @@ def tally_coverage(coverage: dict[str, Counter], words: list[Any], reg: Any, sca
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = ["rule     split/class   precision  recall  instances"]
+    rows = ["rule        split/class   precision  recall  instances"]
     for rule, report in result["rules"].items():
         for key, values in [*report["splits"].items(), *report["classes"].items()]:
             p, r = values["precision"], values["recall"]
-            rows.append(f"{rule:8s} {key:12s} {p if p is None else round(p, 3)!s:>10s} "
+            rows.append(f"{rule:11s} {key:12s} {p if p is None else round(p, 3)!s:>10s} "
                         f"{r if r is None else round(r, 3)!s:>7s} {values['instances']:>10d}")
     rows.append("named objects: share with some candidate box on them; where the dot pick lands")
     for key, c in result["coverage"].items():

@@ -1,5 +1,6 @@
 """Cross-modal alignment on constructed tensors with known answers."""
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -16,10 +17,12 @@ from xpl.pseudo.align import (
     Selection,
     Word,
     align_image,
+    alignment_scores,
     caption_words,
     drop_repeats,
     overlap_of_smaller,
     pick_regions,
+    scored_choice,
     border_touch,
     side_cells,
     build_instances,
@@ -71,6 +74,29 @@ def test_pick_regions_top1_scores_and_threshold():
     assert [(w, r) for w, r, _ in pick_regions(words, regions, boxes, [1, 1, 1], threshold=1.0)] == [(0, 0), (1, 1)]
     picks = pick_regions(words, regions, boxes, [1, 1, 1], cosine=True)
     assert picks[0][2] == pytest.approx(1.0) and picks[1][2] == pytest.approx(3 / np.hypot(3, 0.5))
+
+
+def test_vocabulary_scores_are_the_log_probability_of_the_word_and_prefer_a_region_no_other_class_explains():
+    hexagon, pentagon = unit(1, 0), unit(0.8, 0.6)
+    regions = torch.tensor([[2.0, 1.5], [1.8, 0.0]])  # a pentagon (close to "hexagon" too), a hexagon
+    vocabulary = torch.stack([hexagon, pentagon])
+    assert alignment_scores(hexagon[None], regions).tolist()[0] == pytest.approx([2.0, 1.8])
+    scores = alignment_scores(hexagon[None], regions, vocabulary=vocabulary)[0]
+    want = [2.0 - math.log(1 + math.exp(2.0) + math.exp(2.5)), 1.8 - math.log(1 + math.exp(1.8) + math.exp(1.44))]
+    assert scores.tolist() == pytest.approx(want, abs=1e-5)
+    scaled = alignment_scores(hexagon[None], regions, vocabulary=vocabulary, logit_scale=2.0)[0]
+    assert scaled[1].item() == pytest.approx(3.6 - math.log(1 + math.exp(3.6) + math.exp(2.88)), abs=1e-5)
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [10.0, 10.0, 14.0, 14.0]])
+    assert [r for _, r, _ in pick_regions(hexagon[None], regions, boxes, [1])] == [0]  # the paper's dot product
+    assert [r for _, r, _ in pick_regions(hexagon[None], regions, boxes, [1], vocabulary=vocabulary)] == [1]
+
+
+def test_scored_choice_turns_the_vocabulary_flag_into_the_vocabulary():
+    vocabulary = torch.eye(3)
+    assert scored_choice({"cosine": False, "vocabulary_softmax": False}, vocabulary, 2.0) == {"cosine": False}
+    keywords = scored_choice({"max_per_word": 5, "vocabulary_softmax": True}, vocabulary, 2.0)
+    assert keywords.keys() == {"max_per_word", "vocabulary", "logit_scale"} and keywords["logit_scale"] == 2.0
+    assert torch.equal(keywords["vocabulary"], vocabulary)
 
 
 def test_pick_regions_no_regions():

@@ -11,7 +11,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from xpl.errors import XPLError
 from xpl.model.backbones import build_backbone
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
-from xpl.model.detector import OpenVocabMaskRCNN, grid_boxes
+from xpl.model.detector import OpenVocabMaskRCNN, grid_boxes, mirror_boxes
 from xpl.model.heads import weighted_fastrcnn_loss
 
 D = 16
@@ -217,6 +217,30 @@ def test_the_mask_head_on_chosen_boxes_gives_the_masks_regions_computes_for_all(
     got = batch([(1, lazy[1].boxes[2:4]), (0, lazy[0].boxes), (1, lazy[1].boxes[:2])])
     for probs, want in zip(got, [eager[1].mask_probs[2:4], eager[0].mask_probs, eager[1].mask_probs[:2]]):
         torch.testing.assert_close(probs, want, atol=1e-5, rtol=0)
+
+
+def test_mirror_boxes_known_values_and_twice_is_the_identity():
+    boxes = torch.tensor([[10.0, 2.0, 30.0, 8.0], [0.0, 0.0, 100.0, 50.0]])
+    assert mirror_boxes(boxes, 100.0).tolist() == [[70.0, 2.0, 90.0, 8.0], [0.0, 0.0, 100.0, 50.0]]
+    assert torch.equal(mirror_boxes(mirror_boxes(boxes, 64.0), 64.0), boxes)
+
+
+def test_flip_averages_each_region_embedding_and_mask_with_its_mirror_on_the_mirrored_image():
+    model = make_model().eval()
+    g = torch.Generator().manual_seed(5)
+    images = [torch.rand(3, 96, 144, generator=g), torch.rand(3, SIZE, SIZE, generator=g)]
+    plain = model.regions(images, max_regions=20, nms_thresh=0.6)
+    flipped = model.regions(images, max_regions=20, nms_thresh=0.6, flip=True)
+    lazy = model.regions(images, max_regions=20, nms_thresh=0.6, flip=True, masks=False)
+    for a, b, c, img in zip(plain, flipped, lazy, images):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+        mirrored = mirror_boxes(a.boxes, img.shape[-1])
+        embedding = model.box_embeddings(img.flip(-1), mirrored).float()
+        torch.testing.assert_close(b.embeddings, (a.embeddings + embedding) / 2, atol=1e-4, rtol=0)
+        assert not torch.allclose(a.embeddings, b.embeddings, atol=1e-3)
+        mask = model.regions([img.flip(-1)], masks=False)[0].masks_in(mirrored).flip(-1)
+        torch.testing.assert_close(b.mask_probs, (a.mask_probs + mask) / 2, atol=1e-5, rtol=0)
+        torch.testing.assert_close(c.masks_in(c.boxes), b.mask_probs, atol=1e-5, rtol=0)
 
 
 def test_grid_embeddings_shape_and_gradients():

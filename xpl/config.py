@@ -160,6 +160,10 @@ class PseudoLabelConfig:
     image_size: int = "${model.image_size}"  # type: ignore[assignment]
     score_threshold: Optional[float] = None
     cosine: bool = False  # align with cosine (L2-normalised v_r) instead of the dot product
+    # Score a region for a word by the teacher's log-probability of the word over background + the whole
+    # vocabulary instead of the bare dot product (`xpl.pseudo.align.alignment_scores`).
+    vocabulary_softmax: bool = False
+    flip: bool = False  # a flip test: region embeddings averaged with their mirror image's (`regions(flip=)`)
     mask_threshold: float = 0.5
     # Grow a chosen box by these factors in turn until its mask touches at most `grow_touch` of the box's
     # border (a base-trained teacher points novel words at parts of objects); [] keeps the paper's boxes.

@@ -55,13 +55,23 @@ class Regions:
 class BatchMasks:
     """The mask head on the images of one `regions()` call, for boxes in their original pixels: one
     call runs the requests (image index, [K, 4] boxes) of any of its images, so choosing and growing
-    boxes for a whole batch costs one mask-head pass per step, not one per image."""
+    boxes for a whole batch costs one mask-head pass per step, not one per image. With the mirrored
+    images' features (`regions(flip=True)`) each mask is averaged with its mirror image's."""
 
     def __init__(self, model: "OpenVocabMaskRCNN", features: dict[str, torch.Tensor], sizes: list[tuple[int, int]],
-                 originals: list[tuple[int, int]]) -> None:
+                 originals: list[tuple[int, int]], mirrored: Optional[dict[str, torch.Tensor]] = None) -> None:
         self.heads, self.features, self.sizes, self.originals = model.roi_heads, features, sizes, originals
+        self.mirrored = mirrored
 
     @torch.no_grad()
+    def probabilities(self, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """[sum K_i, M, M] mask probabilities of each image's boxes (transformed-image coordinates)."""
+        probs = self.heads.mask_logits(self.features, boxes, self.sizes).float().sigmoid()[:, 0]
+        if self.mirrored is None:
+            return probs
+        mirrored = [mirror_boxes(b, size[1]) for b, size in zip(boxes, self.sizes)]
+        return (probs + self.heads.mask_logits(self.mirrored, mirrored, self.sizes).float().sigmoid()[:, 0].flip(-1)) / 2
+
     def __call__(self, requests: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
         """[K, M, M] mask probabilities per request."""
         device = next(iter(self.features.values())).device
@@ -69,7 +79,7 @@ class BatchMasks:
         for index, boxes in requests:
             per_image[index].append(resize_boxes(boxes.to(device).float(), self.originals[index], self.sizes[index]))
         boxes = [torch.cat(b) if b else torch.zeros(0, 4, device=device) for b in per_image]
-        probs = self.heads.mask_logits(self.features, boxes, self.sizes).float().sigmoid()[:, 0]
+        probs = self.probabilities(boxes)
         chunks, taken, out = probs.split([len(b) for b in boxes]), [0] * len(self.sizes), []
         for index, box in requests:  # each image's requests in the order they were concatenated
             out.append(chunks[index][taken[index]:taken[index] + len(box)])
@@ -94,6 +104,11 @@ def grid_boxes(height: int, width: int, grid: int, device: torch.device | None =
     y0, x0 = torch.meshgrid(ys[:-1], xs[:-1], indexing="ij")
     y1, x1 = torch.meshgrid(ys[1:], xs[1:], indexing="ij")
     return torch.stack([x0, y0, x1, y1], dim=-1).reshape(-1, 4)
+
+
+def mirror_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
+    """[N, 4] xyxy boxes mirrored left-right in an image `width` pixels wide."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 class OpenVocabMaskRCNN(MaskRCNN):
@@ -360,6 +375,13 @@ class OpenVocabMaskRCNN(MaskRCNN):
             valid[i, : len(part)] = True
         return padded, valid
 
+    def _mirror_embeddings(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                           sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """[sum R_i, D] V2L embeddings of `boxes` (transformed-image coordinates) mirrored, pooled from the
+        mirrored images' `features` (the transform resizes an image and its mirror alike)."""
+        mirrored = [mirror_boxes(b, size[1]) for b, size in zip(boxes, sizes)]
+        return self.v2l(self.roi_heads.box_features(features, mirrored, sizes)).float()
+
     @torch.no_grad()
     def regions(
         self,
@@ -369,6 +391,7 @@ class OpenVocabMaskRCNN(MaskRCNN):
         max_regions: int = 50,
         min_box_size: float = 1.0,
         masks: bool = True,
+        flip: bool = False,
     ) -> list[Regions]:
         """Candidate regions of each image for pseudo-labeling (call in eval mode).
 
@@ -378,7 +401,9 @@ class OpenVocabMaskRCNN(MaskRCNN):
         mask probabilities are computed on the refined boxes (pooled again).
         `masks=False` leaves the mask head to `masks_in` (for the few regions a
         caller picks: the mask head on every candidate is 40 % of the call on the
-        shapes world's teacher).
+        shapes world's teacher). `flip` averages each region's embedding and mask
+        with those of its mirror image on the mirrored image (a flip test: one more
+        backbone pass; README, recipe log).
         """
         if self.training:
             raise RuntimeError("regions() runs the test-time RPN: call model.eval() first")
@@ -389,10 +414,12 @@ class OpenVocabMaskRCNN(MaskRCNN):
                                               min_box_size=min_box_size)
         heads = self.roi_heads
         embeddings = self.v2l(heads.box_features(features, boxes, sizes)).float()
+        mirrored = self._features([image.flip(-1) for image in images])[1] if flip else None
+        if mirrored is not None:
+            embeddings = (embeddings + self._mirror_embeddings(mirrored, boxes, sizes)) / 2
         counts = [len(b) for b in boxes]
-        mask_probs = (heads.mask_logits(features, boxes, sizes).float().sigmoid()[:, 0].split(counts) if masks
-                      else [None] * len(boxes))
-        batch = BatchMasks(self, features, sizes, original_sizes)
+        batch = BatchMasks(self, features, sizes, original_sizes, mirrored)
+        mask_probs = batch.probabilities(boxes).split(counts) if masks else [None] * len(boxes)
         return [
             Regions(resize_boxes(b, size, orig), e, s, m, orig, ImageMasks(batch, i))
             for i, (b, e, s, m, size, orig) in enumerate(zip(

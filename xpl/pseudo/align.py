@@ -2,7 +2,9 @@
 
 Pure tensor code (no Ray, no model). For each matched caption word `w` with embedding `t_w` and the
 teacher's regions `r` with V2L embeddings `v_r`, the alignment score is `s_rw = v_r . t_w`; the word
-keeps its best region `argmax_r s_rw` (top-1), if that score reaches the optional threshold. The
+keeps its best region `argmax_r s_rw` (top-1), if that score reaches the optional threshold. Optionally
+(`vocabulary`) the score is instead the teacher classifier's log-probability of the word among
+background and every vocabulary class, so a region another class explains better ranks lower. The
 teacher's class-agnostic mask probabilities of the chosen box are pasted into the image and
 binarised (>= `mask_threshold`, 0.5 by default) into the pseudo mask. A word that names several
 objects ("two moons": `Word.count`) may keep its `count` best regions on different objects (at most
@@ -133,6 +135,31 @@ def overlap_of_smaller(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / torch.minimum(area_a[:, None], area_b[None, :]).clamp_min(1e-12)
 
 
+def alignment_scores(
+    word_embeddings: torch.Tensor,
+    region_embeddings: torch.Tensor,
+    cosine: bool = False,
+    vocabulary: Optional[torch.Tensor] = None,
+    logit_scale: float = 1.0,
+) -> torch.Tensor:
+    """[W, R] scores of each word for each region: `s_rw = v_r . t_w` (the paper's), with `cosine` on
+    L2-normalised `v_r` (the words are unit vectors already). With `vocabulary` ([C, D], every class's
+    t_c) the score is the teacher's own classifier's log-probability of the word over background and the
+    whole vocabulary, `l s_rw - log(1 + sum_c exp(l s_rc))` (`l`: `logit_scale`; the background logit is
+    0 as in `xpl.model.v2l.V2L.logits`): a region that some other class explains better (a pentagon for
+    "hexagon", an arrow's head that looks like a triangle) ranks lower than one that is the word's own.
+    """
+    regions = region_embeddings.float()
+    if cosine:
+        regions = regions / regions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    scores = word_embeddings.float() @ regions.T
+    if vocabulary is None:
+        return scores
+    logits = logit_scale * (vocabulary.float() @ regions.T)  # [C, R]
+    normaliser = torch.logsumexp(torch.cat([torch.zeros_like(logits[:1]), logits]), dim=0)
+    return logit_scale * scores - normaliser
+
+
 def pick_regions(
     word_embeddings: torch.Tensor,
     region_embeddings: torch.Tensor,
@@ -140,19 +167,17 @@ def pick_regions(
     counts: Sequence[int],
     threshold: Optional[float] = None,
     cosine: bool = False,
+    vocabulary: Optional[torch.Tensor] = None,
+    logit_scale: float = 1.0,
 ) -> list[tuple[int, int, float]]:
-    """(word index, region index, score s_rw) of each pick: per word its `counts[w]` best regions, best
-    first, a region skipped when it lies on an object the word already has (`overlap_of_smaller` >=
-    `SAME_OBJECT` with one of its picks) or scores below `threshold`. With counts of 1 this is the
-    top-1 region per word. `cosine` L2-normalises the region embeddings first (the words are unit
-    vectors already). Ties go to the lowest region index.
+    """(word index, region index, score) of each pick: per word its `counts[w]` best regions by
+    `alignment_scores`, best first, a region skipped when it lies on an object the word already has
+    (`overlap_of_smaller` >= `SAME_OBJECT` with one of its picks) or scores below `threshold`. With counts
+    of 1 this is the top-1 region per word. Ties go to the lowest region index.
     """
     if region_embeddings.shape[0] == 0 or word_embeddings.shape[0] == 0:
         return []
-    regions = region_embeddings.float()
-    if cosine:
-        regions = regions / regions.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    scores = word_embeddings.float() @ regions.T  # [W, R]
+    scores = alignment_scores(word_embeddings, region_embeddings, cosine, vocabulary, logit_scale)  # [W, R]
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     overlap = overlap_of_smaller(boxes.float(), boxes.float()) >= SAME_OBJECT if max(counts) > 1 else None
     picks = []
@@ -165,6 +190,16 @@ def pick_regions(
                 chosen.append(r)
         picks += [(w, r, float(scores[w, r])) for r in chosen]
     return picks
+
+
+def scored_choice(choice: Mapping[str, Any], class_embeddings: torch.Tensor, logit_scale: float) -> dict[str, Any]:
+    """`select_batch`'s keywords from a pipeline's choice (`xpl.pseudo.dataflow.Settings.choice`): its
+    `vocabulary_softmax` flag becomes the [C, D] class embeddings and the teacher's logit scale that
+    `alignment_scores` normalises over."""
+    keywords = dict(choice)
+    if keywords.pop("vocabulary_softmax", False):
+        keywords.update(vocabulary=class_embeddings.float(), logit_scale=float(logit_scale))
+    return keywords
 
 
 def drop_repeats(selection: Selection) -> Selection:
@@ -335,7 +370,7 @@ def _grow_sides(boxes: torch.Tensor, probs: torch.Tensor, height: torch.Tensor, 
 
 
 def _picked(words: Sequence[Word], regions: RegionsLike, score_threshold: Optional[float], cosine: bool,
-            max_per_word: int) -> tuple[Selection, bool]:
+            max_per_word: int, vocabulary: Optional[torch.Tensor], logit_scale: float) -> tuple[Selection, bool]:
     """The picks of one image without growth (their masks left empty when the regions carry none),
     and whether a word may have picked several regions."""
     words = unique_words(words)
@@ -347,7 +382,8 @@ def _picked(words: Sequence[Word], regions: RegionsLike, score_threshold: Option
     dim = regions.embeddings.shape[1]
     embeddings = torch.stack([w.embedding for w in words]) if words else torch.zeros(0, dim)
     counts = [min(w.count, max_per_word) for w in words]
-    picks = pick_regions(embeddings, regions.embeddings.cpu(), regions.boxes.cpu(), counts, score_threshold, cosine)
+    picks = pick_regions(embeddings, regions.embeddings.cpu(), regions.boxes.cpu(), counts, score_threshold, cosine,
+                         vocabulary, logit_scale)
     if not picks:
         return dataclasses.replace(empty, reason=BELOW_THRESHOLD), False
     index = torch.tensor([r for _, r, _ in picks], device=regions.boxes.device)
@@ -364,11 +400,14 @@ def _picked(words: Sequence[Word], regions: RegionsLike, score_threshold: Option
 def select_batch(
     words: Sequence[Sequence[Word]], regions: Sequence[RegionsLike], *, score_threshold: Optional[float] = None,
     cosine: bool = False, grow: Sequence[float] = (), grow_touch: float = 0.05, grow_sides: bool = False,
-    mask_threshold: float = 0.5, max_per_word: int = 1,
+    mask_threshold: float = 0.5, max_per_word: int = 1, vocabulary: Optional[torch.Tensor] = None,
+    logit_scale: float = 1.0,
 ) -> list[Selection]:
     """`select_regions` for each image (its words, its regions), the images' mask-head work together: the
-    masks of the picks (when `regions(masks=False)` left them out) in one request per image, then growth."""
-    picked = [_picked(w, r, score_threshold, cosine, max_per_word) for w, r in zip(words, regions, strict=True)]
+    masks of the picks (when `regions(masks=False)` left them out) in one request per image, then growth.
+    `vocabulary` and `logit_scale`: see `alignment_scores`."""
+    picked = [_picked(w, r, score_threshold, cosine, max_per_word, vocabulary, logit_scale)
+              for w, r in zip(words, regions, strict=True)]
     selections = [s for s, _ in picked]
     missing = [k for k, s in enumerate(selections) if s.words and regions[k].mask_probs is None]
     if missing:
@@ -442,9 +481,11 @@ def align_image(
     grow_touch: float = 0.05,
     grow_sides: bool = False,
     max_per_word: int = 1,
+    vocabulary: Optional[torch.Tensor] = None,
+    logit_scale: float = 1.0,
 ) -> Alignment:
     """Pseudo instances for one image of `height` x `width` original pixels (select, then build)."""
     selection = select_regions(words, regions, score_threshold=score_threshold, cosine=cosine, grow=grow,
                                grow_touch=grow_touch, grow_sides=grow_sides, mask_threshold=mask_threshold,
-                               max_per_word=max_per_word)
+                               max_per_word=max_per_word, vocabulary=vocabulary, logit_scale=logit_scale)
     return build_instances(selection, height=height, width=width, box_scale=box_scale, mask_threshold=mask_threshold)

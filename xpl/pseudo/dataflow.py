@@ -61,6 +61,8 @@ class Settings:
     score_threshold: Optional[float]
     mask_threshold: float
     cosine: bool
+    vocabulary_softmax: bool
+    flip: bool
     grow: Sequence[float]
     grow_touch: float
     grow_sides: bool
@@ -77,8 +79,10 @@ class Settings:
 
     @property
     def choice(self) -> dict[str, Any]:
-        """How caption words choose regions: the keywords of `select_batch` (teacher actor, benchmark)."""
-        return {"score_threshold": self.score_threshold, "cosine": self.cosine, "grow": tuple(self.grow),
+        """How caption words choose regions: the keywords of `select_batch` (teacher actor, benchmark) once
+        `xpl.pseudo.align.scored_choice` has turned `vocabulary_softmax` into the teacher's vocabulary."""
+        return {"score_threshold": self.score_threshold, "cosine": self.cosine,
+                "vocabulary_softmax": self.vocabulary_softmax, "grow": tuple(self.grow),
                 "grow_touch": self.grow_touch, "grow_sides": self.grow_sides, "max_per_word": self.max_per_word,
                 "mask_threshold": self.mask_threshold}
 
@@ -118,7 +122,7 @@ def build_dataset(
         fn_constructor_kwargs={
             "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
             "choice": settings.choice,
-            "batch_size": settings.batch_size, "threads": settings.torch_threads,
+            "batch_size": settings.batch_size, "flip": settings.flip, "threads": settings.torch_threads,
             "use_gpu": settings.num_gpus_per_actor > 0,
         },
     )

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from xpl.pseudo.align import Selection, caption_words, select_batch
+from xpl.pseudo.align import Selection, caption_words, scored_choice, select_batch
 from xpl.pseudo.rows import NO_MATCH, PENDING, RESULT_SCHEMA, SAMPLE
 from xpl.pseudo.selection_columns import selection_columns
 
@@ -38,6 +38,7 @@ class Teacher:
         class_embeddings: np.ndarray,
         choice: Optional[Mapping[str, Any]] = None,
         batch_size: int = 8,
+        flip: bool = False,
         threads: int = 0,
         use_gpu: bool = False,
     ) -> None:
@@ -53,8 +54,10 @@ class Teacher:
         self.model = load_model(teacher, map_location=self.device)
         self.embedding = {cid: torch.tensor(np.asarray(e), dtype=torch.float32)
                           for cid, e in zip(class_ids, class_embeddings)}
-        self.batch_size = batch_size
-        self.choice = dict(choice or {})  # keywords of `select_batch` (`Settings.choice`)
+        self.batch_size, self.flip = batch_size, flip
+        # keywords of `select_batch` (from `Settings.choice`); the choice runs on CPU tensors
+        self.choice = scored_choice(choice or {}, torch.tensor(np.asarray(class_embeddings), dtype=torch.float32),
+                                    float(self.model.v2l.scale))
         self.node_id = ray.get_runtime_context().get_node_id()
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
@@ -74,7 +77,8 @@ class Teacher:
         out: list[Selection] = []
         with torch.inference_mode():
             for at in range(0, len(pixels), self.batch_size):
-                regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]], masks=False)
+                regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]], masks=False,
+                                             flip=self.flip)
                 out += select_batch([caption_words(w, self.embedding) for w in words[at:at + self.batch_size]],
                                     regions, **self.choice)
         return out

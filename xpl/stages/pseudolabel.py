@@ -44,7 +44,7 @@ def _report(output: Path, names: list[str], records: list[dict[str, Any]], visua
 
     report = output / "report"
     (report / "examples").mkdir(parents=True, exist_ok=True)
-    for field, title in (("align_scores", "alignment score v_r . t_w"), ("mask_scores", "mask score")):
+    for field, title in (("align_scores", "alignment score"), ("mask_scores", "mask score")):
         values = [v for r in records for v in r.get(field, [])]
         hist = histogram(values)
         (report / f"{field}_hist.json").write_text(json.dumps(hist))
