@@ -139,8 +139,8 @@ def bench_plain(teacher: str, images: list, batch_size: int, threads: int, selec
             model.regions(batch)
         else:
             words = select["words"][first:first + len(batch)]
-            select_batch([caption_words(w, select["embedding"]) for w in words], model.regions(batch, masks=False, flip=select["flip"]),
-                         **options)
+            regions = model.regions(batch, masks=False, flip=select["flip"])
+            select_batch([caption_words(w, select["embedding"]) for w in words], regions, **options)
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)

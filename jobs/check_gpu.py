@@ -96,6 +96,7 @@ def main() -> None:
         regions = module.regions(images)
         torch.cuda.synchronize()
         region_s = time.perf_counter() - tic
+        flipped = module.regions(images, flip=True, masks=False)  # the flip test of pseudo-labeling
         detections = module(images)
     steady = times[len(times) // 2:]
     report = {
@@ -107,6 +108,7 @@ def main() -> None:
         "regions_images_per_s": args.batch / region_s,
         "regions_per_image": [len(r.boxes) for r in regions],
         "region_embedding_dtype": str(regions[0].embeddings.dtype),
+        "flip_keeps_boxes": all(torch.equal(a.boxes, b.boxes) for a, b in zip(regions, flipped)),
         "detections_per_image": [len(d["boxes"]) for d in detections],
         "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
     }

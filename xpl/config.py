@@ -163,7 +163,7 @@ class PseudoLabelConfig:
     # Score a region for a word by the teacher's log-probability of the word over background + the whole
     # vocabulary instead of the bare dot product (`xpl.pseudo.align.alignment_scores`).
     vocabulary_softmax: bool = False
-    flip: bool = False  # a flip test: region embeddings averaged with their mirror image's (`regions(flip=)`)
+    flip: bool = False  # a flip test: region embeddings and masks averaged with their mirror image's (`regions(flip=)`)
     mask_threshold: float = 0.5
     # Grow a chosen box by these factors in turn until its mask touches at most `grow_touch` of the box's
     # border (a base-trained teacher points novel words at parts of objects); [] keeps the paper's boxes.

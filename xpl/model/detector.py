@@ -70,7 +70,8 @@ class BatchMasks:
         if self.mirrored is None:
             return probs
         mirrored = [mirror_boxes(b, size[1]) for b, size in zip(boxes, self.sizes)]
-        return (probs + self.heads.mask_logits(self.mirrored, mirrored, self.sizes).float().sigmoid()[:, 0].flip(-1)) / 2
+        mirror_probs = self.heads.mask_logits(self.mirrored, mirrored, self.sizes).float().sigmoid()[:, 0]
+        return (probs + mirror_probs.flip(-1)) / 2
 
     def __call__(self, requests: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
         """[K, M, M] mask probabilities per request."""

@@ -147,7 +147,7 @@ def alignment_scores(
     t_c) the score is the teacher's own classifier's log-probability of the word over background and the
     whole vocabulary, `l s_rw - log(1 + sum_c exp(l s_rc))` (`l`: `logit_scale`; the background logit is
     0 as in `xpl.model.v2l.V2L.logits`): a region that some other class explains better (a pentagon for
-    "hexagon", an arrow's head that looks like a triangle) ranks lower than one that is the word's own.
+    "hexagon") ranks lower than one that is the word's own.
     """
     regions = region_embeddings.float()
     if cosine:
