@@ -56,8 +56,7 @@ class Teacher:
                           for cid, e in zip(class_ids, class_embeddings)}
         self.batch_size, self.flip = batch_size, flip
         # keywords of `select_batch` (from `Settings.choice`); the choice runs on CPU tensors
-        self.choice = scored_choice(choice or {}, torch.tensor(np.asarray(class_embeddings), dtype=torch.float32),
-                                    float(self.model.v2l.scale))
+        self.choice = scored_choice(choice or {}, torch.stack(list(self.embedding.values())), self.model.v2l.scale)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
