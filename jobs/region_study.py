@@ -72,7 +72,8 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
         images = [torch.from_numpy(d.pixels.copy()).permute(2, 0, 1).float().div_(255) for d, _ in chunk]
         words = [caption_words(decoded.words, embedding) for decoded, _ in chunk]
         with torch.inference_mode():
-            regions = model.regions(images, flip=cfg.pseudolabel.flip)
+            regions = model.regions(images, flip=cfg.pseudolabel.flip, max_regions=cfg.pseudolabel.candidates,
+                                    nms_thresh=cfg.pseudolabel.candidate_nms)
             for rule, options in rules.items():
                 chosen = select_batch(words, regions, mask_threshold=cfg.pseudolabel.mask_threshold, **options)
                 for (decoded, truth), selection in zip(chunk, chosen):

@@ -11,7 +11,7 @@ def xpl(*args: str) -> subprocess.CompletedProcess:
 def test_config_show_prints_the_resolved_config():
     out = xpl("config", "show", "teacher.train.steps=9", "data.root=/x")
     assert out.returncode == 0, out.stderr
-    assert "vocab: /x/vocab.json" in out.stdout
+    assert "train_json: /x/annotations/instances_train2017_base48.json" in out.stdout
     assert "steps: 9" in out.stdout
 
 

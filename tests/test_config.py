@@ -4,21 +4,27 @@ from pathlib import Path
 
 import pytest
 
+from presets import CONFIGS, SHAPES
 from xpl.config import from_dict, load_config, to_dict
 from xpl.errors import XPLError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def test_defaults_are_the_shapes_world_and_interpolations_resolve(tmp_path):
+def test_defaults_are_the_papers_recipe_and_interpolations_resolve(tmp_path):
     cfg = load_config(base_dir=tmp_path)
-    assert cfg.data.vocab == f"{tmp_path}/data/shapes/vocab.json"
-    assert cfg.model.image_size == 128
-    assert cfg.teacher.init == f"{tmp_path}/outputs/shapes/pretrain/model.pt"
+    assert cfg.data.train_json == f"{tmp_path}/data/coco/annotations/instances_train2017_base48.json"
+    assert (cfg.model.backbone, cfg.model.min_size, cfg.model.max_size, cfg.model.image_size) == ("r50_fpn", 800,
+                                                                                                  1333, 1333)
+    assert (cfg.pretrain.tau, cfg.teacher.train.lr, cfg.student.train.lr) == (10.0, 5e-4, 5e-3)
+    assert cfg.teacher.train.optimizer == "sgd" and cfg.student.train.lr_steps == [20_000, 50_000]
+    assert cfg.teacher.init == f"{tmp_path}/outputs/xpl/pretrain/model.pt"
+    shapes = load_config(SHAPES, base_dir=tmp_path)
+    assert shapes.data.vocab == f"{tmp_path}/data/shapes/vocab.json" and shapes.model.image_size == 128
+    assert shapes.teacher.train.optimizer == "adamw" and shapes.student.train.batch_size == 4
 
 
 def test_urls_and_absolute_paths_are_kept(tmp_path):
-    cfg = load_config(None, ["data.captions=s3://b/{00000..00009}.tar", "pseudolabel.output=/abs/out"], base_dir=tmp_path)
+    cfg = load_config(SHAPES, ["data.captions=s3://b/{00000..00009}.tar", "pseudolabel.output=/abs/out"], base_dir=tmp_path)
     assert cfg.data.captions == "s3://b/{00000..00009}.tar"
     assert cfg.pseudolabel.output == "/abs/out"
 
@@ -55,7 +61,7 @@ def test_overrides_apply_after_the_file_and_reach_interpolations():
 )
 def test_bad_overrides_name_the_key(overrides, message):
     with pytest.raises(XPLError) as err:
-        load_config(None, overrides)
+        load_config(SHAPES, overrides)
     assert message in str(err.value)
 
 
@@ -74,6 +80,6 @@ def test_bad_files_name_the_file(tmp_path):
 
 
 def test_round_trip_through_plain_dicts():
-    cfg = load_config(None, ["pretrain.tau=0.5"])
+    cfg = load_config(SHAPES, ["pretrain.tau=0.5"])
     again = from_dict(to_dict(cfg))
     assert again == cfg and again.pretrain.tau == 0.5

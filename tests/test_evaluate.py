@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from presets import SHAPES
 from xpl.cli import main
 from xpl.data import rle
 from xpl.eval.coco_eval import coco_ap, load_ground_truth, mask_ap, subset_metrics
@@ -226,7 +227,7 @@ def test_model_evaluation_in_both_settings(tmp_path, shapes_world, random_teache
     from xpl.config import load_config
     from xpl.stages.evaluate import run_evaluate
 
-    cfg = load_config(None, [f"data.root={shapes_world}", *_tracking(tmp_path)])
+    cfg = load_config(SHAPES, [f"data.root={shapes_world}", *_tracking(tmp_path)])
     result = run_evaluate(cfg, checkpoint=random_teacher)
     metrics = result["metrics"]
     expected = [f"generalized.{s}.{k}_{m}" for s in ("base", "novel", "all") for k in ("mask", "box")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from presets import SHAPES
 from xpl.config import load_config
 from xpl.errors import XPLError
 from xpl.folder_lock import LOCK_NAME, folder_lock
@@ -32,7 +33,7 @@ def test_a_second_run_on_the_same_output_is_refused_until_the_first_is_gone(shap
         (out / "tmp" / "00000.tar").write_bytes(b"half-written by the first run")
         teacher = tmp_path / "teacher.pt"
         teacher.write_bytes(b"")  # never loaded: the lock is taken before any work
-        cfg = load_config(None, [f"data.root={shapes_world}", f"pseudolabel.output={out}",
+        cfg = load_config(SHAPES, [f"data.root={shapes_world}", f"pseudolabel.output={out}",
                                  f"pseudolabel.teacher={teacher}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
         with pytest.raises(XPLError, match=f"in use by pid {holder.pid} on host"):
             run_pseudolabel(cfg)

@@ -11,7 +11,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from xpl.errors import XPLError
 from xpl.model.backbones import build_backbone
 from xpl.model.checkpoint import export_model, load_model, load_pretrained_parts
-from xpl.model.detector import OpenVocabMaskRCNN, grid_boxes, mirror_boxes
+from xpl.model.detector import OpenVocabMaskRCNN, grid_boxes, map_cells, mirror_boxes
 from xpl.model.heads import weighted_fastrcnn_loss
 
 D = 16
@@ -246,13 +246,29 @@ def test_flip_averages_each_region_embedding_and_mask_with_its_mirror_on_the_mir
 def test_grid_embeddings_shape_and_gradients():
     model = make_model()
     images, _ = batch()
-    emb = model.grid_embeddings(images, grid=4, max_cells=10, generator=torch.Generator().manual_seed(0))
-    assert emb.shape == (2, 10, D)
-    assert model.grid_embeddings(images, grid=3).shape == (2, 9, D)
+    emb, valid = model.grid_embeddings(images, grid=4, max_cells=10, generator=torch.Generator().manual_seed(0))
+    assert emb.shape == (2, 10, D) and bool(valid.all())
+    assert model.grid_embeddings(images, grid=3)[0].shape == (2, 9, D)
     emb.square().sum().backward()
     assert model.backbone.stem[0][0].weight.grad.abs().sum() > 0
     assert model.v2l.proj.weight.grad.abs().sum() > 0
     assert model.roi_heads.box_head.fc6.weight.grad.abs().sum() > 0
+
+
+def test_grid_zero_grounds_every_cell_of_the_last_map():
+    model = make_model()
+    wide, tall = torch.rand(3, 48, 64), torch.rand(3, 64, 32)  # resized to 48x64 and 64x32 of a 64x64 padded batch
+    emb, valid = model.grid_embeddings([wide, tall], grid=0, max_cells=100)
+    assert valid.sum(1).tolist() == [12, 8] and emb.shape == (2, 12, D)  # the last tiny map is stride 16
+    assert emb[1, 8:].abs().sum() == 0
+    few, valid = model.grid_embeddings([wide], grid=0, max_cells=5, generator=torch.Generator().manual_seed(0))
+    assert few.shape == (1, 5, D) and bool(valid.all())
+
+
+def test_map_cells_cover_the_image_cut_at_its_border():
+    cells = map_cells(40, 50, 32)
+    expected = [[0, 0, 32, 32], [32, 0, 50, 32], [0, 32, 32, 40], [32, 32, 50, 40]]
+    torch.testing.assert_close(cells, torch.tensor(expected, dtype=torch.float32))
 
 
 def test_grid_boxes_tile_the_image():
@@ -261,9 +277,17 @@ def test_grid_boxes_tile_the_image():
     torch.testing.assert_close(cells, torch.tensor(expected, dtype=torch.float32))
 
 
-def test_freeze_v2l():
+def test_freeze_named_parts():
+    r50 = OpenVocabMaskRCNN(embed_dim=D, image_size=64, backbone="r50_fpn")
+    r50.freeze(["stem", "res2", "rpn"])
+    frozen = {n for n, p in r50.named_parameters() if not p.requires_grad}
+    assert "backbone.body.conv1.weight" in frozen and "backbone.body.layer1.0.conv1.weight" in frozen
+    assert "rpn.head.conv.0.0.weight" in frozen and "backbone.body.layer2.0.conv1.weight" not in frozen
+    assert not any(n.startswith(("roi_heads", "backbone.fpn")) for n in frozen)
+    with pytest.raises(XPLError, match="unknown part.*'res2'.*tiny"):
+        make_model().freeze(["res2"])
     model = make_model()
-    model.freeze_v2l()
+    model.freeze(["v2l"])
     assert not any(p.requires_grad for p in model.v2l.parameters())
     images, targets = batch()
     sum(model(images, targets).values()).backward()
@@ -331,13 +355,14 @@ def test_load_pretrained_parts_loads_all_or_fails_naming_the_keys(tmp_path):
 
 def test_ddp_state_loads_with_weights_only_and_refuses_other_pickles(tmp_path):
     from xpl.train.ddp import load_state, save_state
-    from xpl.train.schedule import warmup_cosine
+    from xpl.train.schedule import lr_scheduler
 
     def parts(seed):
         torch.manual_seed(seed)
         model = torch.nn.Linear(3, 2)
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-        return model, optimizer, warmup_cosine(optimizer, 2, 10)
+        return model, optimizer, lr_scheduler(optimizer, schedule="cosine", total_steps=10, warmup_steps=2,
+                                              warmup_factor=0.0)
 
     model, optimizer, scheduler = parts(0)
     model(torch.ones(1, 3)).sum().backward()
@@ -360,7 +385,7 @@ def test_r50_loads_local_imagenet_weights_with_frozen_bn(tmp_path):
     body = network.body
     assert isinstance(body.bn1, FrozenBatchNorm2d)
     torch.testing.assert_close(body.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
-    assert not body.conv1.weight.requires_grad and body.layer4[0].conv1.weight.requires_grad
+    assert body.conv1.weight.requires_grad and body.layer4[0].conv1.weight.requires_grad  # stages freeze parts
     assert network.out_channels == 256 and len(anchors.sizes) == 5 and pool.featmap_names == ["0", "1", "2", "3"]
     torch.save({"conv1.weight": torch.zeros(1)}, path)
     with pytest.raises(XPLError, match="resnet50.pth"):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from raynodes import alive_nodes, start_head, start_worker, submit_job, wait_for, wait_job
+from presets import SHAPES
 from xpl.config import load_config
 from xpl.data.shapes import synthesize
 from xpl.pseudo.manifest import totals
@@ -129,9 +130,9 @@ def test_teacher_actors_on_both_nodes_and_the_job_survives_losing_one(cluster, i
 
 
 def test_actor_resources_reach_the_pipeline_and_totals_count_samples_per_teacher_node():
-    cfg = load_config(None, ["pseudolabel.actor_resources={accelerator: 1}"])
+    cfg = load_config(SHAPES, ["pseudolabel.actor_resources={accelerator: 1}"])
     assert Settings.from_config(cfg.pseudolabel).actor_resources == {"accelerator": 1.0}
-    assert Settings.from_config(load_config().pseudolabel).actor_resources == {}
+    assert Settings.from_config(load_config(SHAPES).pseudolabel).actor_resources == {}
     records = [{"key": "a", "status": "labeled", "reason": None, "teacher_node": "n1", "instances": 1},
                {"key": "b", "status": "no_match", "reason": "no_region", "teacher_node": "n2"},
                {"key": "c", "status": "rejected", "reason": "corrupt_image"}]

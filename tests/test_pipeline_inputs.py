@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from presets import CONFIGS
 from xpl.config import load_config
 from xpl.errors import XPLError
 from xpl.stages.pipeline import ensure_inputs
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = ["synth.train_images=2", "synth.val_images=1", "synth.caption_images=3", "synth.shard_size=3",
          "synth.image_size=32"]
 

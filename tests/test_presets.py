@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from presets import CONFIGS, REAL, SHAPES
 from xpl.config import load_config, to_dict
 from xpl.errors import XPLError
 from xpl.model.detector import OpenVocabMaskRCNN
@@ -18,8 +19,57 @@ from xpl.stages.pretrain import PretrainTask
 from xpl.text import TextEncoder
 from xpl.words import content_words
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-REAL = ("coco_ovis.yaml", "oi_cc.yaml")
+# What a real preset may set apart from the defaults (the paper's recipe): where its data, text encoder, outputs,
+# checkpoints and tracking server are, how many pseudo-labeling actors and writers run, and oi_cc's Conceptual
+# Captions pretraining schedule (OVR-CNN's). Anything else is a departure from the paper and must be added here.
+PLACES = ("run_name", "output_dir", "data.", "text.model", "model.pretrained_backbone", "tracking.", "teacher.init",
+          "student.init", "student.pseudo", "pseudolabel.input", "pseudolabel.output", "pseudolabel.teacher",
+          "pseudolabel.num_actors", "pseudolabel.num_writers", "pretrain.train.storage_path",
+          "teacher.train.storage_path", "student.train.storage_path")
+DEPARTURES = {"coco_ovis.yaml": (), "oi_cc.yaml": ("pretrain.train.steps", "pretrain.train.lr_steps")}
+
+
+def _leaves(cfg) -> dict:
+    """The resolved config as {dotted key: value}."""
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    return dict(walk(to_dict(cfg), ""))
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_presets_are_the_papers_recipe_apart_from_places_and_listed_departures(name):
+    paper, real = _leaves(load_config(None)), _leaves(load_config(CONFIGS / name))
+    changed = {k for k in paper if real[k] != paper[k] and not k.startswith(PLACES)}
+    assert changed == set(DEPARTURES[name])
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_presets_take_no_value_that_exists_only_for_the_shapes_world(name):
+    paper, shapes, real = (_leaves(load_config(path)) for path in (None, SHAPES, CONFIGS / name))
+    shapes_only = {k: v for k, v in shapes.items() if v != paper[k]}
+    assert len(shapes_only) > 40  # the shapes world departs from the paper in many places
+    assert {k: v for k, v in shapes_only.items() if real[k] == v} == {}
+
+
+def test_a_gpu_setting_on_a_local_ray_without_gpus_is_one_clear_error(ray_session, monkeypatch):
+    from xpl.ray_cluster import require_gpus
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(XPLError, match="teacher.train.use_gpu=true asks for GPUs, but the local Ray"):
+        require_gpus("teacher.train.use_gpu=true")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a joined cluster may add GPU nodes on demand
+    require_gpus("teacher.train.use_gpu=true")
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_presets_train_and_pseudo_label_on_gpus(name):
+    cfg = load_config(CONFIGS / name)
+    assert [cfg[s].train.use_gpu for s in ("pretrain", "teacher", "student")] == [True] * 3
+    assert cfg.pseudolabel.num_gpus_per_actor >= 1
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -75,7 +125,7 @@ def test_pretraining_draws_one_caption_per_image_per_step(tmp_path, text_encoder
     Image.new("RGB", (32, 24), (90, 120, 200)).save(image)
     with AtomicTar(tmp_path / "00000.tar") as tar:  # as `xpl make-shards` writes a COCO image: all captions
         tar.write("000000000", {"jpg": image.read_bytes(), "txt": "\n".join(CAPTIONS).encode()})
-    cfg = load_config(None, [f"data.captions={tmp_path}/00000.tar", "data.image_size=32",
+    cfg = load_config(SHAPES, [f"data.captions={tmp_path}/00000.tar", "data.image_size=32",
                              "pretrain.train.batch_size=1"])
     task = PretrainTask(to_dict(cfg))
     batches = task.batches(rank=0, world_size=1, start_step=0)

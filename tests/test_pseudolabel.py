@@ -16,6 +16,7 @@ import pytest
 import webdataset as wds
 from mlflow.tracking import MlflowClient
 
+from presets import SHAPES
 from xpl.config import load_config
 from xpl.data import rle
 from xpl.data.captions import iter_caption_samples
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pl_config(world: Path, out: Path, teacher: Path, *overrides: str):
-    return load_config(None, [
+    return load_config(SHAPES, [
         f"data.root={world}", "data.image_size=64", f"output_dir={out}", f"pseudolabel.teacher={teacher}",
         f"tracking.uri=sqlite:///{out}/mlflow.db", "pseudolabel.batch_size=4", "pseudolabel.visualize=3", *overrides,
     ])

@@ -13,6 +13,7 @@ import fsspec
 import pytest
 from PIL import Image
 
+from presets import SHAPES
 from xpl.config import load_config
 from xpl.pseudo import manifest
 from xpl.pseudo.assemble import ShardAssembler
@@ -200,7 +201,7 @@ def test_job_survives_bad_input_and_accounts_for_all_of_it(shapes_world, bad_sha
 
     torch.manual_seed(0)
     teacher = export_model(OpenVocabMaskRCNN(embed_dim=384, image_size=64), tmp_path / "teacher.pt")
-    cfg = load_config(None, [
+    cfg = load_config(SHAPES, [
         f"data.root={shapes_world}", "data.image_size=64", f"output_dir={tmp_path}", f"pseudolabel.teacher={teacher}",
         f"pseudolabel.input={bad_shards}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "pseudolabel.visualize=1",
     ])

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from stage_runs import stage_runs
+from presets import SHAPES
 from xpl.config import load_config
 from xpl.data import rle
 from xpl.data.captions import expand_urls, iter_caption_samples
@@ -112,7 +113,7 @@ def test_targets_map_vocabulary_ids_to_labels_and_corrupt_a_seeded_share():
 
 
 def student_config(world: Path, shards: Path, teacher: Path, tmp: Path, *overrides: str):
-    return load_config(None, [
+    return load_config(SHAPES, [
         f"data.root={world}", "data.image_size=64", f"output_dir={tmp}/out", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
         "run_name=e2e", f"student.init={teacher}", f"student.pseudo={shards}/*.tar", "student.train.batch_size=2",
         "student.pseudo_batch_size=2", "student.train.log_every=1", "student.samples=2", *overrides,
@@ -218,9 +219,9 @@ def test_sigma_head_learns_at_its_own_rate(tmp_path):
 
     detector = OpenVocabMaskRCNN(embed_dim=8, image_size=64)
     detector.set_class_embeddings(torch.nn.functional.normalize(torch.randn(3, 8), dim=1))
-    detector.freeze_v2l()
+    detector.freeze(["v2l"])
     student = RobustStudent(detector, base_labels=[1])
-    task = StudentTask(to_dict(load_config(None, [f"output_dir={tmp_path}", "student.sigma_lr_scale=10"])))
+    task = StudentTask(to_dict(load_config(SHAPES, [f"output_dir={tmp_path}", "student.sigma_lr_scale=10"])))
     rest, sigma = task.param_groups(student, 0.01)
     assert sigma["lr"] == pytest.approx(0.1) and rest["lr"] == 0.01
     assert {id(p) for p in sigma["params"]} == {id(p) for p in student.sigma_head.parameters()}

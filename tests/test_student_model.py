@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -102,11 +104,32 @@ def test_pseudo_branch_trains_positives_only_and_sigma_head_freezes() -> None:
 
 
 def test_positives_are_rois_overlapping_a_pseudo_box() -> None:
-    student = RobustStudent(_detector(), base_labels=[1, 3], max_positives=100)
+    student = RobustStudent(_detector(), base_labels=[1, 3])
     proposals = [torch.tensor([[10.0, 10, 40, 40], [12, 12, 40, 40], [0, 0, 8, 8], [30, 30, 60, 60]])]
     boxes, index, labels = student._positives(proposals, [_target([10, 10, 40, 40], 2)])
     assert boxes[0].tolist() == [[10.0, 10, 40, 40], [12, 12, 40, 40], [10, 10, 40, 40]]  # 2 proposals + the box
     assert index[0].tolist() == [0, 0, 0] and labels[0].tolist() == [2, 2, 2]
+    many = [torch.tensor([[10.0, 10, 40, 40 + k / 10] for k in range(40)])]
+    assert len(student._positives(many, [_target([10, 10, 40, 40], 2)])[0][0]) == 16  # 64 RoIs x 0.25 positive
+
+
+def test_release_student_samples_background_and_weights_each_image_by_its_mean_sigma() -> None:
+    from xpl.model.robust import image_weights
+
+    student = RobustStudent(_detector(), base_labels=[1, 3], instance_weight="image", c=0.01, sigma0=2.0,
+                            pseudo_background=True, pseudo_box_loss=True).train()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [_target([10, 10, 40, 40], 4), _target([5, 5, 30, 50], 2)]
+    torch.manual_seed(3)
+    boxes, _, labels = student._sampled([torch.tensor([[0.0, 0, 20, 20], [10, 10, 38, 40]])] * 2, targets)
+    assert all(bool((lab == 0).any()) and bool((lab > 0).any()) for lab in labels)  # background RoIs sampled too
+    losses, stats = student([], [], images, targets)
+    assert set(losses) == {"loss_pseudo_classifier", "loss_pseudo_mask", "loss_pseudo_box_reg"}
+    assert stats["instance_weight_std"] == pytest.approx(0.0, abs=1e-7)  # sigma starts at sigma0 everywhere
+    log_var = torch.full((3, 2, 2), 2 * math.log(2.0))
+    log_var[2] = 2 * math.log(4.0)  # the second image's one positive is noisier
+    weights = image_weights(log_var, torch.tensor([0, 0, 1]), 3, c=0.01)
+    assert weights.tolist() == pytest.approx([0.005, 0.0025, 0.0])  # no positive in the third image: no weight
 
 
 def test_plain_mode_weights_every_instance_equally() -> None:

@@ -2,6 +2,7 @@
 
 from mlflow.tracking import MlflowClient
 
+from presets import SHAPES
 from xpl.tracking import config_digest, resolve_tracking_uri, stage_run
 
 
@@ -43,7 +44,7 @@ def test_a_resumed_run_records_each_new_config_digest(tmp_path):
     from xpl.tracking import CONFIG_TAG, config_history
 
     def summary(*overrides: str) -> str:
-        cfg = load_config(None, [f"output_dir={tmp_path}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        cfg = load_config(SHAPES, [f"output_dir={tmp_path}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
                                  *overrides])
         return log_stage_summary(cfg, "teacher", {"init": "x"}, {"val_base_mask_AP": None, "val_n": 1.0}, [])
 

@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 
 from stage_runs import stage_runs
+from presets import SHAPES
 from xpl.config import load_config
 
 pytestmark = pytest.mark.e2e
 
 
 def tiny_config(world: Path, tmp: Path, *overrides: str):
-    return load_config(None, [
+    return load_config(SHAPES, [
         f"data.root={world}", "data.image_size=64", f"output_dir={tmp}/out", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
         "run_name=e2e", "model.representation_size=64",
         "pretrain.train.batch_size=4", "pretrain.train.log_every=1", "pretrain.train.checkpoint_every=2",

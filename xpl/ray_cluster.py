@@ -64,6 +64,20 @@ def connect(num_cpus: int | None = None, *, worker_logs: bool = True) -> None:
               "a cluster: `ray logs`)", flush=True)
 
 
+def require_gpus(setting: str) -> None:
+    """Stop a stage whose `setting` asks for GPUs when this process's own local Ray has none (Ray would wait
+    for them forever); a cluster that was joined may add GPU nodes on demand, so it is trusted."""
+    import ray
+
+    from xpl.errors import XPLError
+
+    if joins_existing_cluster(os.environ) or ray.cluster_resources().get("GPU", 0) > 0:
+        return
+    raise XPLError(f"{setting} asks for GPUs, but the local Ray on this machine has none: on a CPU machine run "
+                   "the shapes preset (--config configs/shapes.yaml) or override the stage to the CPU "
+                   "(<stage>.train.use_gpu=false, pseudolabel.num_gpus_per_actor=0)")
+
+
 def quiet_ray_driver() -> None:
     """No info lines from Ray Data, Ray Train or MLflow's store set-up in this process (warnings and errors
     still show; Ray Data's progress bars still show on a terminal)."""

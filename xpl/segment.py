@@ -15,11 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xpl.config import TextConfig
 from xpl.data import rle
 from xpl.errors import DataError, XPLError
 
-DEFAULT_TEXT_MODEL = TextConfig.model
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 RESULTS_FILE = "segments.json"
 
@@ -75,10 +73,10 @@ def detect(model: torch.nn.Module, image: Image.Image, names: list[str], score_t
 
 
 def segment(inputs: str | Path, names: list[str], checkpoint: str | Path, out: str | Path, *,
-            score_threshold: float = 0.5, text_model: str = DEFAULT_TEXT_MODEL,
+            score_threshold: float = 0.5, text_model: Optional[str] = None,
             device: Optional[str] = None) -> dict[str, Any]:
     """Segment an image or a folder of images with the classes `names`; write `<out>/<image stem>.png` per image
-    and `<out>/segments.json`; return that json's content.
+    and `<out>/segments.json`; return that json's content. `text_model` None: the one the model was trained with.
 
     A single unreadable image is an XPLError; in a folder, unreadable images are listed under `bad_images`.
     """
@@ -98,7 +96,7 @@ def segment(inputs: str | Path, names: list[str], checkpoint: str | Path, out: s
     model = load_model(checkpoint, map_location=device)
     # The model drops detections under its own box_score_thresh; a lower threshold asked for here wins.
     model.roi_heads.score_thresh = min(model.roi_heads.score_thresh, score_threshold)
-    set_class_names(model, TextEncoder(text_model), names)
+    set_class_names(model, TextEncoder(text_model or model.text_model), names)
     out.mkdir(parents=True, exist_ok=True)
     stems = [p.stem for p in paths]
     images: list[dict[str, Any]] = []

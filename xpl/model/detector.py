@@ -9,7 +9,7 @@ with `set_class_embeddings` (any C) before classifying.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torchvision.models.detection import MaskRCNN
@@ -20,12 +20,22 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
-from xpl.model.backbones import Fp32MultiScaleRoIAlign, build_backbone, resolve_norm
+from xpl.errors import XPLError
+from xpl.model.backbones import BACKBONE_PARTS, Fp32MultiScaleRoIAlign, build_backbone, resolve_norm
 from xpl.model.heads import Fp32RPNHead, OpenVocabRoIHeads, V2LPredictor
 from xpl.model.roi_pool import roi_align
 from xpl.model.v2l import V2L
 
 _MASK_HEAD_DEPTH = {"tiny": 2, "r50_fpn": 4}
+# Parts of the detector a stage may freeze by name (`OpenVocabMaskRCNN.freeze`): parameter-name prefixes.
+MODEL_PARTS = {
+    "backbone": ("backbone.",),
+    "rpn": ("rpn.",),
+    "box_head": ("roi_heads.box_head.",),
+    "v2l": ("roi_heads.box_predictor.v2l.",),
+    "box_regression": ("roi_heads.box_predictor.bbox_pred.",),
+    "mask_head": ("roi_heads.mask_head.", "roi_heads.mask_predictor."),
+}
 
 
 @dataclass
@@ -107,6 +117,26 @@ def grid_boxes(height: int, width: int, grid: int, device: torch.device | None =
     return torch.stack([x0, y0, x1, y1], dim=-1).reshape(-1, 4)
 
 
+def map_cells(height: int, width: int, stride: float, device: torch.device | None = None) -> torch.Tensor:
+    """[rows*cols, 4] xyxy boxes of the `stride`-pixel cells of a feature map over a height x width image
+    (the last row and column cut at the image's border), row-major."""
+    ys = torch.arange(0, height, stride, device=device, dtype=torch.float32)
+    xs = torch.arange(0, width, stride, device=device, dtype=torch.float32)
+    y0, x0 = torch.meshgrid(ys, xs, indexing="ij")
+    y1, x1 = (y0 + stride).clamp(max=height), (x0 + stride).clamp(max=width)
+    return torch.stack([x0, y0, x1, y1], dim=-1).reshape(-1, 4)
+
+
+def per_image_padded(embeddings: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[sum counts, D] rows, `counts[i]` of them image i's -> ([B, max count, D] zero-padded, [B, max] validity)."""
+    padded = embeddings.new_zeros(len(counts), max(1, max(counts, default=0)), embeddings.shape[-1])
+    valid = torch.zeros(padded.shape[:2], dtype=torch.bool, device=padded.device)
+    for i, part in enumerate(embeddings.split(counts)):
+        padded[i, : len(part)] = part
+        valid[i, : len(part)] = True
+    return padded, valid
+
+
 def mirror_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
     """[N, 4] xyxy boxes mirrored left-right in an image `width` pixels wide."""
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
@@ -132,6 +162,7 @@ class OpenVocabMaskRCNN(MaskRCNN):
         image_size: int,
         backbone: str = "tiny",
         box_batch_size_per_image: int = 64,
+        box_positive_fraction: float = 0.25,
         rpn_pre_nms_top_n_train: int = 200,
         rpn_post_nms_top_n_train: int = 100,
         rpn_pre_nms_top_n_test: int = 100,
@@ -184,7 +215,7 @@ class OpenVocabMaskRCNN(MaskRCNN):
             fg_iou_thresh=0.5,
             bg_iou_thresh=0.5,
             batch_size_per_image=box_batch_size_per_image,
-            positive_fraction=0.25,
+            positive_fraction=box_positive_fraction,
             bbox_reg_weights=None,
             score_thresh=box_score_thresh,
             nms_thresh=box_nms_thresh,
@@ -200,6 +231,7 @@ class OpenVocabMaskRCNN(MaskRCNN):
             image_size=image_size,
             backbone=backbone,
             box_batch_size_per_image=box_batch_size_per_image,
+            box_positive_fraction=box_positive_fraction,
             rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
             rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
             rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
@@ -240,9 +272,22 @@ class OpenVocabMaskRCNN(MaskRCNN):
         weight = self.v2l.proj.weight
         self.roi_heads.box_predictor.class_embeddings = embeddings.detach().to(weight.device, torch.float32)
 
-    def freeze_v2l(self) -> None:
-        """Stop training V2L (the teacher keeps the projection learned from captions)."""
-        self.v2l.requires_grad_(False)
+    def freeze(self, parts: Sequence[str]) -> None:
+        """Stop training the named parts (a stage's `freeze` list): their parameters get no gradient.
+
+        Parts: `MODEL_PARTS` and the backbone's own (`xpl.model.backbones.BACKBONE_PARTS`: stem, res2..res5,
+        fpn for r50_fpn). An unknown name is an XPLError that lists the choices."""
+        prefixes = dict(MODEL_PARTS)
+        for part, names in BACKBONE_PARTS[self.kwargs["backbone"]].items():
+            prefixes[part] = tuple(f"backbone.{n}" for n in names)
+        unknown = [p for p in parts if p not in prefixes]
+        if unknown:
+            raise XPLError(f"freeze: unknown part(s) {unknown} for backbone {self.kwargs['backbone']}; "
+                           f"choose from {', '.join(prefixes)}")
+        frozen = tuple(prefix for part in parts for prefix in prefixes[part])
+        for name, param in self.named_parameters():
+            if name.startswith(frozen):
+                param.requires_grad_(False)
 
     def _cast(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Images in the weights' dtype, so bf16 weights take fp32 images."""
@@ -267,26 +312,30 @@ class OpenVocabMaskRCNN(MaskRCNN):
         grid: int,
         max_cells: int = 100,
         generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """[B, N, D] V2L embeddings of grid cells, N = min(grid^2, max_cells).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, N, D] V2L embeddings of grid cells, [B, N] validity), up to `max_cells` cells per image.
 
-        Each resized image is tiled into grid x grid cells; up to `max_cells`
-        are sampled (by `generator`, a CPU generator). Cells are pooled from
-        the last (coarsest) backbone map, as OVR-CNN grounds grid cells of the
-        last map: its wide receptive field sees whole objects, where the
-        size-based level choice of the box pooler would pick the finest map
-        for small cells and see only local texture and colour. The pooled
-        cells then pass the detector's own box head and V2L, so caption
-        pretraining trains the path the detector classifies with.
+        Each resized image is tiled into `grid` x `grid` cells, or with `grid` 0 into the cells of
+        the last backbone map itself (one per map pixel, as OVR-CNN grounds every cell of its last
+        map); up to `max_cells` are sampled (by `generator`, a CPU generator). Cells are pooled from
+        the last (coarsest) map: its wide receptive field sees whole objects, where the size-based
+        level choice of the box pooler would pick the finest map for small cells and see only local
+        texture and colour. The pooled cells then pass the detector's own box head and V2L, so
+        caption pretraining trains the path the detector classifies with.
         """
         image_list, features = self._features(images)
         device = image_list.tensors.device
-        cells = [grid_boxes(h, w, grid, device) for h, w in image_list.image_sizes]
-        if grid * grid > max_cells:
-            picks = [torch.randperm(grid * grid, generator=generator)[:max_cells].to(device) for _ in cells]
-            cells = [c[p] for c, p in zip(cells, picks)]
-        embeddings = self._last_map_embeddings(features, cells, image_list.tensors.shape[-1])
-        return embeddings.view(len(images), -1, embeddings.shape[-1])
+        padded_width = image_list.tensors.shape[-1]
+        if grid > 0:
+            cells = [grid_boxes(h, w, grid, device) for h, w in image_list.image_sizes]
+        else:
+            last = features[self.roi_heads.box_roi_pool.featmap_names[-1]]
+            stride = padded_width / last.shape[-1]
+            cells = [map_cells(h, w, stride, device) for h, w in image_list.image_sizes]
+        cells = [c[torch.randperm(len(c), generator=generator)[:max_cells].to(device)] if len(c) > max_cells else c
+                 for c in cells]
+        embeddings = self._last_map_embeddings(features, cells, padded_width)
+        return per_image_padded(embeddings.float(), [len(c) for c in cells])
 
     def _last_map_embeddings(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                              padded_width: int) -> torch.Tensor:
@@ -368,13 +417,7 @@ class OpenVocabMaskRCNN(MaskRCNN):
         boxes, _ = self._candidate_boxes(image_list, features, nms_thresh=nms_thresh, max_regions=max_regions,
                                          min_box_size=min_box_size)
         embeddings = self.v2l(self.roi_heads.box_features(features, boxes, image_list.image_sizes)).float()
-        counts = [len(b) for b in boxes]
-        padded = embeddings.new_zeros(len(boxes), max(1, max(counts)), embeddings.shape[-1])
-        valid = torch.zeros(padded.shape[:2], dtype=torch.bool, device=padded.device)
-        for i, part in enumerate(embeddings.split(counts)):
-            padded[i, : len(part)] = part
-            valid[i, : len(part)] = True
-        return padded, valid
+        return per_image_padded(embeddings, [len(b) for b in boxes])
 
     def _mirror_embeddings(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                            sizes: list[tuple[int, int]]) -> torch.Tensor:

@@ -5,7 +5,8 @@ For image b's regions v_i and caption c's tokens w_j, s_ij = <v_i, w_j> / tau.
 - region-to-word: a'_ij = softmax_j(s_ij), S'(b, c) = mean_i sum_j a'_ij s_ij
 Means and softmaxes run over valid (unpadded) entries only. The loss is the
 in-batch cross-entropy over S and over S', each both ways (the caption for each
-image, the image for each caption): the average of these four terms.
+image, the image for each caption): the sum of these four terms, as OVR-CNN and the XPM
+release add them to the pretraining loss.
 `caption_label_loss` is the multiple-instance twin over a fixed vocabulary: the classes a caption
 names must be found in some region of its image, the others in none.
 Computed in fp32 whatever the input dtype.
@@ -67,11 +68,11 @@ def grounding_loss(
     token_mask: torch.Tensor,
     tau: float = 1.0,
 ) -> torch.Tensor:
-    """Scalar in-batch grounding loss: mean of the four cross-entropies (see module doc)."""
+    """Scalar in-batch grounding loss: the sum of the four cross-entropies (see module doc)."""
     scores, scores_r2w = pair_scores(regions, region_mask, tokens, token_mask, tau)
     target = torch.arange(scores.shape[0], device=scores.device)
     terms = [F.cross_entropy(m, target) for m in (scores, scores.T, scores_r2w, scores_r2w.T)]
-    return torch.stack(terms).mean()
+    return torch.stack(terms).sum()
 
 
 def caption_label_loss(

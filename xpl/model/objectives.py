@@ -40,8 +40,8 @@ class GridGrounding(torch.nn.Module):
         super().__init__()
         self.detector, self.grid, self.max_cells = detector, grid, max_cells
 
-    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """[B, N, D] V2L embeddings of sampled grid cells."""
+    def forward(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, N, D] V2L embeddings of sampled grid cells and their [B, N] validity."""
         return self.detector.grid_embeddings(images, grid=self.grid, max_cells=self.max_cells)
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODES = ("expected_likelihood", "sampled_bce", "plain")
+WEIGHTINGS = ("image", "instance", "none")
 
 
 class SigmaHead(nn.Module):
@@ -88,3 +89,18 @@ def instance_weights(log_var: torch.Tensor, *, c: float = 1.0, min_weight: float
     sigma = torch.exp(0.5 * log_var.detach().float()).flatten(1).mean(1)
     weights = (c / sigma).clamp(min_weight, max_weight)
     return weights / weights.mean()
+
+
+def image_weights(log_var: torch.Tensor, images: torch.Tensor, n_images: int, *, c: float = 0.01) -> torch.Tensor:
+    """[n_images] weights `lambda_i = c / stopgrad(mean sigma)` over the pixels of image i's positive RoIs
+    (the XPM release's lambda, which scales an image's pseudo classification and box losses); 0 for an
+    image without positives, which has no pseudo instance to learn from.
+
+    Args:
+        log_var: [R, M, M] log sigma^2 of the positive RoIs. images: [R] the image index of each.
+    """
+    sigma = torch.exp(0.5 * log_var.detach().float()).flatten(1).mean(1)
+    totals = sigma.new_zeros(n_images).index_add_(0, images, sigma)
+    counts = sigma.new_zeros(n_images).index_add_(0, images, torch.ones_like(sigma))
+    mean = totals / counts.clamp_min(1)
+    return torch.where(counts > 0, c / mean.clamp_min(1e-12), torch.zeros_like(mean))

@@ -9,14 +9,18 @@ RoIs, where unannotated novel objects may lie.
 
 Pseudo branch (per caption image, boxes in its pixels):
 - RPN proposals (no gradient to the boxes) plus the pseudo boxes themselves; RoIs with IoU >= 0.5 to
-  a pseudo box are positives with its class over the whole vocabulary, at most `max_positives` per
-  image. Other RoIs get no loss at all: an object the caption did not name is not background.
-- classification: cross-entropy over the vocabulary (+ the fixed background logit), each positive
-  weighted by its instance weight `lambda_r` (`xpl.model.robust.instance_weights`);
+  a pseudo box are positives with its class over the whole vocabulary. With `pseudo_background` the
+  detector's own sampler also takes background RoIs (the XPM release's student); without it only the
+  positives count, at most the sampler's share of positives per image: an object the caption did not
+  name is not background.
+- classification: cross-entropy over the vocabulary (+ the fixed background logit, weighted by the
+  detector's `bg_weight`), each RoI weighted by `instance_weight`: per `image`, the release's
+  `lambda_i = c / stopgrad(mean sigma)` over its positive RoIs (`xpl.model.robust.image_weights`), per
+  `instance` (`xpl.model.robust.instance_weights`), or `none`;
 - mask: `robust_mask_loss` between the mask logits `mu` and the pseudo mask, with `log sigma^2` from a
   `SigmaHead` on the mask predictor's last features; the sigma head stops learning after
   `sigma_freeze_step` forward calls (its log variance is detached from then on);
-- no box regression unless `pseudo_box_loss`; no RPN loss.
+- box regression on the positives when `pseudo_box_loss`, weighted as the classification; no RPN loss.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import caption_label_loss
 from xpl.model.objectives import whole_vocabulary_losses
-from xpl.model.robust import SigmaHead, instance_weights, robust_mask_loss
+from xpl.model.robust import WEIGHTINGS, SigmaHead, image_weights, instance_weights, robust_mask_loss
 
 Targets = list[dict[str, torch.Tensor]]
 
@@ -42,16 +46,19 @@ class RobustStudent(torch.nn.Module):
         detector: the student detector (weights from the teacher), class embeddings of the whole vocabulary.
         base_labels: the detector labels (1..C) of the base classes, in order; GT targets use 1..len(base_labels).
         mode, samples, sigma0: the robust mask loss (`xpl.model.robust`).
-        c: numerator of the instance weights. sigma_freeze_step: forward calls after which sigma stops learning.
+        instance_weight, c: how pseudo RoIs weigh in the classification and box losses, and the numerator
+            of those weights. sigma_freeze_step: forward calls after which sigma stops learning.
+        pseudo_background: background RoIs of caption images count in the classification loss.
         names: the vocabulary's names (labels 1..C), for the per-class statistics.
         track_corruption: targets carry `corrupted` flags (the noise study); sigma is reported for both kinds.
         gt_all_classes: the GT branch's annotated objects push down every other class, novel ones included.
     """
 
     def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str = "expected_likelihood",
-                 samples: int = 5, c: float = 1.0, sigma0: float = 1.0, sigma_freeze_step: int = 10**9,
-                 max_positives: int = 16, pseudo_box_loss: bool = False, names: Optional[Sequence[str]] = None,
-                 track_corruption: bool = False, gt_all_classes: bool = False) -> None:
+                 samples: int = 5, instance_weight: str = "instance", c: float = 1.0, sigma0: float = 1.0,
+                 sigma_freeze_step: int = 10**9, pseudo_background: bool = False, pseudo_box_loss: bool = False,
+                 names: Optional[Sequence[str]] = None, track_corruption: bool = False,
+                 gt_all_classes: bool = False) -> None:
         super().__init__()
         self.detector = detector
         predictor = detector.roi_heads.mask_predictor
@@ -64,8 +71,11 @@ class RobustStudent(torch.nn.Module):
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self.register_buffer("base_labels", torch.tensor(base_labels), persistent=False)
         self.gt_all_classes = gt_all_classes
-        self.mode, self.samples, self.c = mode, samples, c
-        self.sigma_freeze_step, self.max_positives, self.pseudo_box_loss = sigma_freeze_step, max_positives, pseudo_box_loss
+        if instance_weight not in WEIGHTINGS:
+            raise ValueError(f"unknown instance weighting {instance_weight!r}; choose one of {WEIGHTINGS}")
+        self.mode, self.samples, self.instance_weight, self.c = mode, samples, instance_weight, c
+        self.sigma_freeze_step, self.pseudo_box_loss = sigma_freeze_step, pseudo_box_loss
+        self.pseudo_background = pseudo_background
         self.names = list(names) if names is not None else [f"label{i}" for i in range(1, all_embeddings.shape[0] + 1)]
         if len(self.names) != all_embeddings.shape[0]:
             raise ValueError(f"{len(self.names)} names for {all_embeddings.shape[0]} class embeddings")
@@ -101,20 +111,45 @@ class RobustStudent(torch.nn.Module):
     def _positives(self, proposals: list[torch.Tensor], targets: Targets) -> tuple[list[torch.Tensor], list[torch.Tensor],
                                                                                 list[torch.Tensor]]:
         """Per image: positive RoIs (IoU >= 0.5 with a pseudo box, pseudo boxes included), their
-        matched pseudo instance and label."""
+        matched pseudo instance and label; at most the sampler's positives per image."""
         heads = self.detector.roi_heads
+        sampler = heads.fg_bg_sampler
+        most = int(sampler.batch_size_per_image * sampler.positive_fraction)
         proposals = heads.add_gt_proposals(proposals, [t["boxes"] for t in targets])
         matched, labels = heads.assign_targets_to_proposals(proposals, [t["boxes"] for t in targets],
                                                             [t["labels"] for t in targets])
         boxes, index, classes = [], [], []
         for props, match, lab in zip(proposals, matched, labels):
             keep = torch.where(lab > 0)[0]
-            if len(keep) > self.max_positives:
-                keep = keep[torch.randperm(len(keep), device=keep.device)[: self.max_positives]]
+            if len(keep) > most:
+                keep = keep[torch.randperm(len(keep), device=keep.device)[:most]]
             boxes.append(props[keep])
             index.append(match[keep])
             classes.append(lab[keep])
         return boxes, index, classes
+
+    def _sampled(self, proposals: list[torch.Tensor], targets: Targets) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                                               list[torch.Tensor]]:
+        """Per image: the RoIs the pseudo losses see, the pseudo instance each matches (read where the label
+        is positive) and its label, 0 for background (`pseudo_background` only)."""
+        if not self.pseudo_background:
+            return self._positives(proposals, targets)
+        boxes, matched, labels, _ = self.detector.roi_heads.select_training_samples(proposals, targets)
+        return boxes, matched, labels
+
+    def _roi_weights(self, log_var: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
+        """[N] weight of each sampled RoI in the pseudo classification and box losses (`instance_weight`);
+        1 everywhere when the mask loss has no sigma (`plain`)."""
+        labels_all = torch.cat(labels)
+        weights = torch.ones(len(labels_all), device=labels_all.device)
+        if self.mode == "plain" or self.instance_weight == "none":
+            return weights
+        positive = labels_all > 0
+        if self.instance_weight == "instance":
+            weights[positive] = instance_weights(log_var, c=self.c)
+            return weights
+        image = torch.cat([torch.full((len(lab),), i, device=labels_all.device) for i, lab in enumerate(labels)])
+        return image_weights(log_var, image[positive], len(labels), c=self.c)[image]
 
     def _pseudo_branch(self, images: list[torch.Tensor], targets: Targets,
                        caption_labels: Optional[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -130,32 +165,37 @@ class RobustStudent(torch.nn.Module):
             losses["loss_caption_labels"] = caption_label_loss(regions, valid, self.all_embeddings, caption_labels)
         with torch.no_grad():
             proposals, _ = det._proposals_with_objectness(image_list, features)
-        boxes, index, labels = self._positives([p.detach() for p in proposals], targets)
+        boxes, index, labels = self._sampled([p.detach() for p in proposals], targets)
         box_features = heads.box_features(features, boxes, sizes)
         class_logits, deltas = heads.box_predictor(box_features)
+        positive = [lab > 0 for lab in labels]
+        pos_boxes = [b[p] for b, p in zip(boxes, positive)]
+        pos_index = [i[p] for i, p in zip(index, positive)]
         mask_features = heads.mask_predictor.relu(heads.mask_predictor.conv5_mask(
-            heads.mask_head(heads.mask_roi_pool(features, boxes, sizes))))
+            heads.mask_head(heads.mask_roi_pool(features, pos_boxes, sizes))))
         mu = heads.mask_predictor.mask_fcn_logits(mask_features)[:, 0].float()
         log_var = self.sigma_head(mask_features)
         if self.calls >= self.sigma_freeze_step:
             log_var = log_var.detach()
         mask_targets = torch.cat([project_masks_on_boxes(t["masks"], b, i, mu.shape[-1])
-                                  for t, b, i in zip(targets, boxes, index)])
+                                  for t, b, i in zip(targets, pos_boxes, pos_index)])
         labels_all = torch.cat(labels)
-        weights = instance_weights(log_var, c=self.c) if self.mode != "plain" else torch.ones_like(labels_all,
-                                                                                                   dtype=torch.float32)
-        ce = F.cross_entropy(class_logits.float(), labels_all, reduction="none")
+        is_positive = labels_all > 0
+        weights = self._roi_weights(log_var, labels)
+        class_weight = torch.ones(class_logits.shape[1], device=class_logits.device)
+        class_weight[0] = heads.bg_weight
+        ce = F.cross_entropy(class_logits.float(), labels_all, weight=class_weight, reduction="none")
         n = max(len(labels_all), 1)
         losses["loss_pseudo_classifier"] = (weights * ce).sum() / n
         losses["loss_pseudo_mask"] = robust_mask_loss(mu, log_var, mask_targets, mode=self.mode, samples=self.samples)
         if self.pseudo_box_loss:
-            matched_boxes = torch.cat([t["boxes"][i] for t, i in zip(targets, index)])
-            regression = heads.box_coder.encode([matched_boxes], [torch.cat(boxes)])[0]
-            losses["loss_pseudo_box_reg"] = F.smooth_l1_loss(deltas.float(), regression.float(), beta=1 / 9,
-                                                             reduction="sum") / n
-        corrupted = (torch.cat([t["corrupted"][i] for t, i in zip(targets, index)])
+            matched_boxes = torch.cat([t["boxes"][i] for t, i in zip(targets, pos_index)])
+            regression = heads.box_coder.encode([matched_boxes], [torch.cat(pos_boxes)])[0]
+            box_loss = F.smooth_l1_loss(deltas.float()[is_positive], regression.float(), beta=1 / 9, reduction="none")
+            losses["loss_pseudo_box_reg"] = (weights[is_positive, None] * box_loss).sum() / n
+        corrupted = (torch.cat([t["corrupted"][i] for t, i in zip(targets, pos_index)])
                      if "corrupted" in targets[0] else None)
-        stats = self._stats(log_var.detach(), weights.detach(), labels_all, corrupted)
+        stats = self._stats(log_var.detach(), weights[is_positive].detach(), labels_all[is_positive], corrupted)
         return losses, stats
 
     def _stats(self, log_var: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,

@@ -58,6 +58,8 @@ class Settings:
     threads_per_actor: int
     image_size: int
     max_pixels: int
+    candidates: int
+    candidate_nms: float
     score_threshold: Optional[float]
     mask_threshold: float
     cosine: bool
@@ -123,6 +125,7 @@ def build_dataset(
             "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
             "choice": settings.choice,
             "batch_size": settings.batch_size, "flip": settings.flip, "threads": settings.torch_threads,
+            "candidates": settings.candidates, "candidate_nms": settings.candidate_nms,
             "use_gpu": settings.num_gpus_per_actor > 0,
         },
     )

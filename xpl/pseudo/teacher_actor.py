@@ -39,6 +39,8 @@ class Teacher:
         choice: Optional[Mapping[str, Any]] = None,
         batch_size: int = 8,
         flip: bool = False,
+        candidates: int = 50,
+        candidate_nms: float = 0.5,
         threads: int = 0,
         use_gpu: bool = False,
     ) -> None:
@@ -55,6 +57,7 @@ class Teacher:
         self.embedding = {cid: torch.tensor(np.asarray(e), dtype=torch.float32)
                           for cid, e in zip(class_ids, class_embeddings)}
         self.batch_size, self.flip = batch_size, flip
+        self.candidates, self.candidate_nms = candidates, candidate_nms
         # keywords of `select_batch` (from `Settings.choice`); the choice runs on CPU tensors
         self.choice = scored_choice(choice or {}, torch.stack(list(self.embedding.values())), self.model.v2l.scale)
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -77,7 +80,8 @@ class Teacher:
         with torch.inference_mode():
             for at in range(0, len(pixels), self.batch_size):
                 regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]], masks=False,
-                                             flip=self.flip)
+                                             flip=self.flip, max_regions=self.candidates,
+                                             nms_thresh=self.candidate_nms)
                 out += select_batch([caption_words(w, self.embedding) for w in words[at:at + self.batch_size]],
                                     regions, **self.choice)
         return out

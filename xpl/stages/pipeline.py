@@ -44,7 +44,8 @@ def ensure_inputs(cfg: DictConfig) -> bool:
 
     root = Path(cfg.data.root)
     if not cfg.data.synthesize:
-        raise XPLError(f"missing inputs: {', '.join(missing)} (data.synthesize=false: real data is never generated)")
+        raise XPLError(f"missing inputs: {', '.join(missing)} (data.synthesize=false: real data is never generated; "
+                       "the embedded shapes world is --config configs/shapes.yaml)")
     if not owned(root):
         raise XPLError(f"missing inputs: {', '.join(missing)}; data.root={root} holds other files, so the shapes "
                        "world is not written there (use an empty folder, or set data.synthesize=false for real data)")

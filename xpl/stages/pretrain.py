@@ -45,18 +45,18 @@ class PretrainTask(ConfigTask):
         for batch in caption_batches(cfg.data.captions, cfg.pretrain.train.batch_size, rank=rank,
                                      world_size=world_size, image_size=cfg.data.image_size, start_step=start_step,
                                      seed=cfg.pretrain.train.seed):
-            tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in batch], cfg.pretrain.max_words)
+            tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in batch], cfg.pretrain.max_words,
+                                          cfg.pretrain.tokens)
             yield [s["image"] for s in batch], tokens, mask
 
     def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:
         images, tokens, mask = batch
-        regions = model([img.to(device) for img in images])
-        region_mask = torch.ones(regions.shape[:2], dtype=torch.bool, device=device)
-        loss = grounding_loss(regions.float(), region_mask, tokens.to(device), mask.to(device), tau=self.cfg.pretrain.tau)
+        regions, region_mask = model([img.to(device) for img in images])
+        loss = grounding_loss(regions, region_mask, tokens.to(device), mask.to(device), tau=self.cfg.pretrain.tau)
         return loss, {"loss_grounding": float(loss.item())}, len(images)
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model.detector, path)
+        export_model(model.detector, path, text_model=self.cfg.text.model)
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:

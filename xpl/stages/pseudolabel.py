@@ -129,7 +129,7 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
     from xpl.eval.pseudo_quality import format_report, quality_report
     from xpl.pseudo import manifest
     from xpl.pseudo.dataflow import Settings, run_shards
-    from xpl.ray_cluster import connect
+    from xpl.ray_cluster import connect, require_gpus
     from xpl.stages.common import stage_logging
 
     pl = cfg.pseudolabel
@@ -142,6 +142,8 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
 
             embeddings = TextEncoder(cfg.text.model).embed(vocab.names).numpy()
             connect()
+            if pl.num_gpus_per_actor > 0:
+                require_gpus(f"pseudolabel.num_gpus_per_actor={pl.num_gpus_per_actor}")
             start = time.perf_counter()
             timings: dict[str, float] = defaultdict(float)
             done = len(shards) - len(todo)

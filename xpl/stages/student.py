@@ -1,6 +1,7 @@
 """Stage 4: the robust student (`xpl.model.student.RobustStudent`) on the engine (Ray Train + DeepSpeed).
 
-It starts from the teacher's weights with V2L frozen and classifies over the whole vocabulary. Each step
+It starts from the teacher's weights, the parts in `student.freeze` fixed, and classifies over the whole
+vocabulary. Each step
 mixes `student.train.batch_size` base-annotated images (GT branch) with `student.pseudo_batch_size`
 pseudo-labeled caption images (pseudo branch) per worker; the pseudo-labeled shards are streamed with
 the shared reader (`xpl.data.captions`, `pseudo=True`), which reads only image, caption and pseudo.json.
@@ -25,7 +26,7 @@ from xpl.data.pseudo_sample import PseudoTargets
 from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import DataError, XPLError
 from xpl.model.checkpoint import export_model, load_model
-from xpl.model.robust import MODES
+from xpl.model.robust import MODES, WEIGHTINGS
 from xpl.model.student import RobustStudent
 from xpl.stages.common import BaseImagesTask, evaluate_base, log_stage_summary, stage_dir, train_settings
 from xpl.text import TextEncoder
@@ -67,10 +68,10 @@ class StudentTask(BaseImagesTask):
         vocab = Vocabulary.load(cfg.data.vocab)
         detector = load_model(st.init)
         detector.set_class_embeddings(TextEncoder(cfg.text.model).embed(vocab.names))
-        if st.freeze_v2l:
-            detector.freeze_v2l()
-        return RobustStudent(detector, vocab.labels("base"), mode=st.mode, samples=st.samples, c=st.c,
-                             sigma0=st.sigma0, sigma_freeze_step=st.sigma_freeze_step, max_positives=st.max_positives,
+        detector.freeze(st.freeze)
+        return RobustStudent(detector, vocab.labels("base"), mode=st.mode, samples=st.samples,
+                             instance_weight=st.instance_weight, c=st.c, sigma0=st.sigma0,
+                             sigma_freeze_step=st.sigma_freeze_step, pseudo_background=st.pseudo_background,
                              pseudo_box_loss=st.pseudo_box_loss, names=vocab.names,
                              track_corruption=st.corrupt.share > 0, gt_all_classes=st.gt_all_classes).train()
 
@@ -108,7 +109,7 @@ class StudentTask(BaseImagesTask):
         return [{"params": rest, "lr": lr}, {"params": sigma, "lr": lr * self.cfg.student.sigma_lr_scale}]
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model.detector, path)
+        export_model(model.detector, path, text_model=self.cfg.text.model)
 
 
 def check_student_config(cfg: DictConfig) -> None:
@@ -116,6 +117,8 @@ def check_student_config(cfg: DictConfig) -> None:
     st = cfg.student
     if st.mode not in MODES:
         raise XPLError(f"student.mode={st.mode}: choose one of {', '.join(MODES)}")
+    if st.instance_weight not in WEIGHTINGS:
+        raise XPLError(f"student.instance_weight={st.instance_weight}: choose one of {', '.join(WEIGHTINGS)}")
     unknown = [k for k in st.corrupt.kinds if k not in KINDS]
     if unknown or not 0.0 <= st.corrupt.share <= 1.0:
         raise XPLError(f"student.corrupt: share must be in [0, 1] and kinds among {', '.join(KINDS)} "

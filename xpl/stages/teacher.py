@@ -59,8 +59,7 @@ class TeacherTask(BaseImagesTask):
         if cfg.teacher.init:
             load_pretrained_parts(model, cfg.teacher.init, allow_missing=FRESH_PARTS)
         model.set_class_embeddings(self.encoder().embed(base_categories(cfg)[1]))
-        if cfg.teacher.freeze_v2l:
-            model.freeze_v2l()
+        model.freeze(cfg.teacher.freeze)
         vocab = self.vocabulary()
         return DetectionWithCaptions(model, self.encoder().embed(vocab.names), max_regions=cfg.teacher.caption_regions,
                                      tau=cfg.pretrain.tau,
@@ -80,7 +79,7 @@ class TeacherTask(BaseImagesTask):
             if captions is not None:
                 samples = next(captions)
                 texts = [s["caption"] for s in samples]
-                tokens, mask = caption_tokens(self.encoder(), texts, cfg.pretrain.max_words)
+                tokens, mask = caption_tokens(self.encoder(), texts, cfg.pretrain.max_words, cfg.pretrain.tokens)
                 labels = torch.tensor([vocab.named(t) for t in texts], dtype=torch.float32)
                 caption_batch = ([s["image"] for s in samples], tokens, mask, labels)
             yield [data[i] for i in indices], caption_batch
@@ -99,7 +98,7 @@ class TeacherTask(BaseImagesTask):
         return total, {k: float(v.item()) for k, v in losses.items()}, len(images)
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model.detector, path)
+        export_model(model.detector, path, text_model=self.cfg.text.model)
 
 
 def _shown(value: Optional[float]) -> str:

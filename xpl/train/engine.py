@@ -25,7 +25,8 @@ import torch
 from xpl.config import TrainConfig
 from xpl.train.ddp import DDPEngine
 from xpl.train.meter import WindowMeter
-from xpl.train.schedule import warmup_cosine
+from xpl.train.optim import OPTIMIZERS, build_optimizer
+from xpl.train.schedule import SCHEDULES, lr_scheduler
 
 STATE_FILE = "xpl_state.json"
 MODEL_FILE = "model.pt"
@@ -77,6 +78,21 @@ class TrainSettings(TrainConfig):
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.precision == "bf16" and not self.use_gpu:
             raise ValueError("train.precision=bf16 needs train.use_gpu=true (bf16 Mask R-CNN fails on CPU)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+
+    def schedule(self) -> dict[str, Any]:
+        """The keywords of `xpl.train.schedule.lr_scheduler` for this stage."""
+        return {"schedule": self.lr_schedule, "total_steps": self.steps, "warmup_steps": self.warmup_steps,
+                "warmup_factor": self.warmup_factor, "lr_steps": tuple(self.lr_steps), "lr_gamma": self.lr_gamma}
+
+    def optimizer_for(self, model: torch.nn.Module, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """The stage's optimizer over `groups` (`xpl.train.optim.build_optimizer`)."""
+        return build_optimizer(model, groups, optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay, bias_lr_factor=self.bias_lr_factor,
+                               bias_weight_decay=self.bias_weight_decay)
 
 
 def resolved_precision(settings: TrainSettings) -> str:
@@ -126,16 +142,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     precision = resolved_precision(settings)
     model = task.build_model().to(device)
-    optimizer = torch.optim.AdamW(task.param_groups(model, settings.lr), lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
+    optimizer = settings.optimizer_for(model, task.param_groups(model, settings.lr))
     if settings.backend == "ddp":
-        scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.steps)
+        scheduler = lr_scheduler(optimizer, **settings.schedule())
         engine = DDPEngine(model, optimizer, scheduler, settings.grad_clip, task.unused_parameters)
     else:
         engine, _, _, scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
-            lr_scheduler=lambda opt: warmup_cosine(opt, settings.warmup_steps, settings.steps),
+            lr_scheduler=lambda opt: lr_scheduler(opt, **settings.schedule()),
             config=deepspeed_config(settings, precision),
         )
 
@@ -279,6 +294,10 @@ def fit(task: Task, settings: TrainSettings, out_dir: Path) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from xpl.ray_cluster import require_gpus
+
+    if settings.use_gpu:
+        require_gpus(f"{task.stage}.train.use_gpu=true")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task, "settings": settings},
