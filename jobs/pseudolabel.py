@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_env_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML config (default: the embedded shapes preset)")
+    parser.add_argument("--config", default=None, help="YAML config (default: the paper's recipe on COCO; "
+                        "configs/shapes.yaml: the embedded shapes world)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. pseudolabel.num_actors=2")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()

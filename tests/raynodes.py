@@ -28,6 +28,8 @@ from typing import Any, Callable, Mapping, Optional
 import psutil
 
 BIN = Path(sys.executable).parent
+# The pseudo-labeling job on the shapes world, as `ray job submit --working-dir <repo>` runs it.
+PSEUDOLABEL_JOB = ["python", "jobs/pseudolabel.py", "--config", "configs/shapes.yaml"]
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import yaml
 from ray.job_submission import JobSubmissionClient
 from ray.util.state import list_actors
 
-from raynodes import alive_nodes, free_port, ray_env, start_head, state_api, submit_job
+from raynodes import PSEUDOLABEL_JOB, alive_nodes, free_port, ray_env, start_head, state_api, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,7 @@ def test_autoscaler_adds_accelerator_workers_for_the_job_and_removes_them_when_i
             "pseudolabel.num_cpus_per_task=0.5"]
     submission_id = f"xpl-autoscaling-{os.getpid()}-{time.time_ns()}"
     start = time.monotonic()
-    submit_job(head, submission_id, ["python", "jobs/pseudolabel.py", *args], REPO)
+    submit_job(head, submission_id, PSEUDOLABEL_JOB + args, REPO)
 
     client = JobSubmissionClient(head.url)
     events: dict[str, float] = {}  # seconds after submission

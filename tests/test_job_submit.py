@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from raynodes import BIN, ray_env, start_head
+from raynodes import BIN, PSEUDOLABEL_JOB, ray_env, start_head
 from xpl.data.shapes import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_ray_job_submit_pseudolabels_shapes_shards(ray_head, random_teacher, tmp
     submission_id = f"xpl-pseudolabel-{os.getpid()}-{time.time_ns()}"
     result = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", url, "--submission-id", submission_id,
-         "--working-dir", str(REPO), "--", "python", "jobs/pseudolabel.py", *args],
+         "--working-dir", str(REPO), "--", *PSEUDOLABEL_JOB, *args],
         env=env, capture_output=True, text=True, timeout=400, cwd=REPO,
     )
     client = JobSubmissionClient(url)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from raynodes import alive_nodes, start_head, start_worker, submit_job, wait_for, wait_job
+from raynodes import PSEUDOLABEL_JOB, alive_nodes, start_head, start_worker, submit_job, wait_for, wait_job
 from presets import SHAPES
 from xpl.config import load_config
 from xpl.data.shapes import synthesize
@@ -73,7 +73,7 @@ def submit_pseudolabel(head, inputs: tuple[Path, Path], out: Path) -> str:
             f"tracking.uri=sqlite:///{out}/mlflow.db", f"pseudolabel.batch_size={PER_SHARD}",
             "pseudolabel.visualize=0", "pseudolabel.num_actors=2", "pseudolabel.actor_resources={teacher_slot: 1}",
             "pseudolabel.num_cpus_per_task=0.5"]
-    submit_job(head, submission_id, ["python", "jobs/pseudolabel.py", *args], REPO,
+    submit_job(head, submission_id, PSEUDOLABEL_JOB + args, REPO,
                job_env={"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "240"})
     return submission_id
 

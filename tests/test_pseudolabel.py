@@ -155,7 +155,8 @@ def test_killed_run_resumes_without_redoing_or_duplicating(ray_session, random_t
     out = tmp_path / "pseudo"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     t0 = time.monotonic()
-    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "pseudolabel.py"), *cfg_args], env=env, cwd=tmp_path,
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "pseudolabel.py"), "--config", str(SHAPES), *cfg_args],
+                           env=env, cwd=tmp_path,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300  # the first shard only: generous for a busy 2-core machine

@@ -16,7 +16,8 @@ from xpl.runtime import apply_env_defaults
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config (default: the embedded shapes preset)")
+    parser.add_argument("--config", default=None, help="YAML config (default: the paper's recipe on COCO; "
+                        "configs/shapes.yaml: the embedded shapes world)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. teacher.train.steps=50")
 
 
