@@ -34,12 +34,17 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from xpl.data.shapes import synthesize
+    if args.layout == "shapes":
+        from xpl.data.shapes import synthesize
 
-    summary = synthesize(
-        Path(args.out), seed=args.seed, train_images=args.train_images, caption_images=args.caption_images,
-        val_images=args.val_images, shard_size=args.shard_size, image_size=args.image_size, progress=True,
-    )
+        summary = synthesize(
+            Path(args.out), seed=args.seed, train_images=args.train_images, caption_images=args.caption_images,
+            val_images=args.val_images, shard_size=args.shard_size, image_size=args.image_size, progress=True,
+        )
+    else:
+        from xpl.data.miniature import write_miniature
+
+        summary = write_miniature(Path(args.out), args.layout, seed=args.seed)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -79,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
 
-    synth = sub.add_parser("synth", help="write the seeded shapes world (COCO json, caption shards, vocabulary)")
+    synth = sub.add_parser("synth", help="write the seeded shapes world (COCO json, caption shards, vocabulary) or a "
+                           "miniature of a real preset's data (--layout coco|oi)")
     synth.add_argument("--out", required=True)
+    synth.add_argument("--layout", choices=("shapes", "coco", "oi"), default="shapes",
+                       help="shapes: the shapes world; coco, oi: a miniature in the layout configs/coco_ovis.yaml or "
+                       "configs/oi_cc.yaml reads (xpl.data.miniature; the size options are the shapes world's)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--train-images", type=int, default=300)
     synth.add_argument("--caption-images", type=int, default=600)

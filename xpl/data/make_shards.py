@@ -36,7 +36,10 @@ def _load_captions(path: Path) -> tuple[list[dict[str, Any]], dict[int, list[str
     return sorted(data["images"], key=lambda im: im["id"]), captions
 
 
-def _write_shard(out: Path, shard: int, samples: list[dict[str, Any]]) -> None:
+def write_shard(out: Path, shard: int, samples: list[dict[str, Any]]) -> None:
+    """`out/NNNNN.tar` with its `.parquet` and `_stats.json`, as img2dataset writes them. Each sample has
+    `key`, `suffix` (of the image), `image` (bytes) and `meta` (the `.json`, whose `captions` list becomes
+    the `.txt`, one per line)."""
     name = f"{shard:05d}"
     with AtomicTar(out / f"{name}.tar") as tar:
         for s in samples:
@@ -83,10 +86,10 @@ def make_coco_caption_shards(images: Path, captions: Path, out: Path, *, shard_s
         batch.append({"key": key, "suffix": suffix, "image": path.read_bytes(), "meta": meta})
         counts["samples"] += 1
         if len(batch) == shard_size:
-            _write_shard(out, counts["shards"], batch)
+            write_shard(out, counts["shards"], batch)
             counts["shards"] += 1
             batch = []
     if batch:
-        _write_shard(out, counts["shards"], batch)
+        write_shard(out, counts["shards"], batch)
         counts["shards"] += 1
     return {**counts, "out": str(out), "pattern": str(out / f"{{00000..{max(0, counts['shards'] - 1):05d}}}.tar")}

@@ -38,3 +38,12 @@ def bbox_xywh(rle: dict[str, Any]) -> list[float]:
 
 def _compressed(rle: dict[str, Any]) -> dict[str, Any]:
     return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+
+
+def encode_uncompressed(mask: np.ndarray) -> dict[str, Any]:
+    """Encode a boolean HxW mask as COCO's uncompressed RLE, the form COCO stores crowd annotations in:
+    `counts` is a list of run lengths in column-major order, starting with a (possibly empty) run of zeros."""
+    flat = mask.astype(bool).flatten(order="F")
+    edges = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = [0] * bool(flat.size and flat[0]) + [int(n) for n in np.diff(edges)]
+    return {"counts": counts, "size": [int(s) for s in mask.shape]}

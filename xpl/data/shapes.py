@@ -113,13 +113,21 @@ UNIT_SHAPES = {name: _unit(*parts) for name, parts in {
 UPRIGHT = {"heart": np.pi / 6}  # shapes whose rotation is limited, to stay recognisable
 
 
-def shape_mask(name: str, centre: tuple[float, float], radius: float, angle: float, size: int) -> np.ndarray:
-    """Bool mask of one shape, rendered without anti-aliasing at the target resolution."""
-    canvas = Image.new("1", (size, size), 0)
-    draw = ImageDraw.Draw(canvas)
+def placed_polygons(name: str, centre: tuple[float, float], radius: float,
+                    angle: float) -> list[tuple[np.ndarray, bool]]:
+    """The shape's polygons in pixel coordinates (rotated by `angle`, scaled to `radius`, moved to `centre`),
+    each with its fill, in drawing order: what `shape_mask` paints, for writers that store polygons."""
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    for polygon, fill in UNIT_SHAPES[name]:
-        pts = polygon @ rot.T * radius + np.asarray(centre)
+    return [(polygon @ rot.T * radius + np.asarray(centre), fill) for polygon, fill in UNIT_SHAPES[name]]
+
+
+def shape_mask(name: str, centre: tuple[float, float], radius: float, angle: float,
+               size: int | tuple[int, int]) -> np.ndarray:
+    """Bool mask of one shape, rendered without anti-aliasing on a square canvas of side `size` or a
+    (width, height) one."""
+    canvas = Image.new("1", (size, size) if isinstance(size, int) else size, 0)
+    draw = ImageDraw.Draw(canvas)
+    for pts, fill in placed_polygons(name, centre, radius, angle):
         draw.polygon([(float(x), float(y)) for x, y in pts], fill=int(fill))
     return np.array(canvas, dtype=bool)
 
