@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.xpl-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast rehearse clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,11 @@ test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not e2e"
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not e2e and not rehearsal"
+
+# The real presets (configs/coco_ovis.yaml, configs/oi_cc.yaml) through the main job on miniatures of their data.
+rehearse: setup
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -s -m rehearsal
 
 clean:
 	rm -rf outputs mlflow.db mlruns

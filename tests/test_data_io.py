@@ -267,3 +267,19 @@ def test_shard_reader_keys_follow_webdataset_without_loading_torch() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False", out.stderr[-1000:]
+
+
+def test_decoded_images_are_as_displayed_when_exif_turns_them() -> None:
+    from xpl.data.caption_sample import decode_image
+
+    stored = np.zeros((40, 80, 3), dtype=np.uint8)  # 80 wide, 40 high as stored; a white left quarter
+    stored[:, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display turned 90 degrees clockwise: 40 wide, 80 high, the white band on top
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="JPEG", quality=95, exif=exif)
+    pixels, width, height, reason = decode_image(buffer.getvalue(), max_pixels=10**6, image_size=0)
+    assert (width, height, reason) == (40, 80, None) and pixels.shape == (80, 40, 3)
+    assert pixels[:16].mean() > 240 and pixels[24:].mean() < 15
+    small, width, height, _ = decode_image(buffer.getvalue(), max_pixels=10**6, image_size=20)
+    assert (width, height) == (40, 80) and small.shape == (20, 10, 3)

@@ -1,4 +1,4 @@
-"""Every third-party module that xpl/ and jobs/ import is declared in pyproject.toml, and every declared
+"""Every third-party module that xpl/, jobs/ and benchmarks/ import is declared in pyproject.toml, and every declared
 package imports: nothing arrives only because another package happens to pull it in."""
 
 import ast
@@ -28,10 +28,10 @@ def declared() -> set[str]:
 
 
 def imported() -> dict[str, str]:
-    """Top-level third-party module -> the first file importing it, over xpl/ and jobs/ (plus the packaged
+    """Top-level third-party module -> the first file importing it, over xpl/, jobs/ and benchmarks/ (plus the packaged
     text encoders that `xpl.text` imports by name)."""
     found: dict[str, str] = {module: "xpl/text.py" for module in PACKAGED_MODELS.values()}
-    for path in sorted([*(REPO / "xpl").rglob("*.py"), *(REPO / "jobs").rglob("*.py")]):
+    for path in sorted(p for folder in ("xpl", "jobs", "benchmarks") for p in (REPO / folder).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]

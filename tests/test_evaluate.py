@@ -252,11 +252,31 @@ def test_predictions_keep_up_to_100_per_image_and_leave_the_models_settings(shap
 
     model = load_model(random_teacher, map_location="cpu")
     model.roi_heads.score_thresh = 0.0
-    model.set_class_embeddings(torch.nn.functional.normalize(torch.randn(12, 384), dim=1))
+    own = torch.nn.functional.normalize(torch.randn(12, 384), dim=1)
+    model.set_class_embeddings(own)
     dataset = CocoInstances(shapes_world / "coco" / "instances_val.json", shapes_world / "coco" / "val")
-    ids = list(range(1, 13))
+    vocab = {"all": (list(range(1, 13)), own)}
     subset = torch.utils.data.Subset(dataset, [0, 1])
-    per_image = Counter(r["image_id"] for r in predict_masks(model, subset, ids, score_threshold=0.0))
-    capped = Counter(r["image_id"] for r in predict_masks(model, subset, ids, max_detections=10, score_threshold=0.0))
+    per_image = Counter(r["image_id"] for r in predict_masks(model, subset, vocab, score_threshold=0.0)["all"])
+    capped = Counter(r["image_id"] for r in predict_masks(model, subset, vocab, max_detections=10,
+                                                          score_threshold=0.0)["all"])
     assert max(per_image.values()) > 10 and max(capped.values()) <= 10
     assert (model.roi_heads.detections_per_img, model.roi_heads.score_thresh) == (10, 0.0)
+
+
+def test_one_backbone_pass_serves_each_vocabulary_as_a_pass_of_its_own(shapes_world, random_teacher):
+    from xpl.data.coco import CocoInstances
+    from xpl.eval.coco_eval import predict_masks
+    from xpl.model.checkpoint import load_model
+
+    model = load_model(random_teacher, map_location="cpu")
+    torch.manual_seed(0)
+    embeddings = torch.nn.functional.normalize(torch.randn(5, 384), dim=1)
+    dataset = torch.utils.data.Subset(CocoInstances(shapes_world / "coco" / "instances_val.json",
+                                                    shapes_world / "coco" / "val"), [0, 1, 2])
+    vocabularies = {"all": ([1, 2, 3, 4, 5], embeddings), "some": ([2, 5], embeddings[[1, 4]])}
+    together = predict_masks(model, dataset, vocabularies, batch_size=2, score_threshold=0.0)
+    for name, vocabulary in vocabularies.items():
+        alone = predict_masks(model, dataset, {name: vocabulary}, batch_size=2, score_threshold=0.0)[name]
+        assert together[name] == alone and alone
+    assert model.class_embeddings.shape[0] == 0  # the model's own vocabulary (none) is kept

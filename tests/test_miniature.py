@@ -180,8 +180,6 @@ def test_coco_reader_gives_the_annotated_size_and_leaves_the_crowd_out(coco):
     assert len(dataset[COCO_CASES.index("unannotated")][1]["labels"]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="CocoInstances reads the stored pixels and ignores the EXIF orientation, "
-                   "while the json's width/height (COCO's convention) are those of the image as displayed")
 def test_coco_reader_turns_an_exif_rotated_image_upright(coco):
     root = Path(coco["root"])
     path = root / "annotations/instances_train2017_base48.json"
@@ -190,8 +188,6 @@ def test_coco_reader_turns_an_exif_rotated_image_upright(coco):
     assert image.shape == (3, entry["height"], entry["width"])
 
 
-@pytest.mark.xfail(strict=True, reason="the caption decoder (caption_sample.decode_image) ignores the EXIF "
-                   "orientation: the EXIF-rotated COCO image is read on its side")
 def test_caption_reader_turns_an_exif_rotated_image_upright(coco):
     root = Path(coco["root"])
     entry = _case(root / "annotations/captions_train2017.json", COCO_CASES, "exif")

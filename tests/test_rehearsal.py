@@ -1,8 +1,10 @@
 """Rehearsals of the real presets: `xpl demo --config configs/coco_ovis.yaml` and `configs/oi_cc.yaml` as a user runs
-them, on miniatures of their data layouts (`xpl synth --layout coco|oi`), at the presets' model and image sizes (oi_cc's
-images shrunk: its model is coco_ovis's), with only counts and places overridden: one or two steps of one image on
-one CPU worker, local folders for `/mnt/xpl` and `s3://`, a local MLflow store. Every stage runs: pretraining, the
-teacher, pseudo-labeling, the robust and the plain student, the evaluations and the results table.
+them, on miniatures of their data layouts (`xpl synth --layout coco|oi`, four images per split), at the presets'
+model and image sizes (oi_cc's images shrunk: its model is coco_ovis's), with only counts and places overridden: one
+step of one image (two for pretraining's in-batch negatives) on one CPU worker, local folders for `/mnt/xpl` and
+`s3://`, a local MLflow store, and a ResNet-50 file of random weights where a user gives ImageNet's (so the backbone
+is the frozen-BatchNorm one users train). Every stage runs: pretraining, the teacher, pseudo-labeling, the robust and
+the plain student, the evaluations and the results table.
 
 Run by `make rehearse` (marker `rehearsal`; `make test` leaves them out: each takes minutes on 2 cores).
 """
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from presets import CONFIGS
 
@@ -30,23 +33,31 @@ def counts() -> list[str]:
     for stage in TRAINING:
         batch = 2 if stage == "pretrain" else 1  # in-batch negatives need a second caption
         out += [f"{stage}.train.{key}={value}" for key, value in (
-            ("steps", 2), ("batch_size", batch), ("num_workers", 1), ("use_gpu", "false"), ("checkpoint_every", 2),
+            ("steps", 1), ("batch_size", batch), ("num_workers", 1), ("use_gpu", "false"), ("checkpoint_every", 1),
             ("log_every", 1), ("max_failures", 0))]
     return out + ["pseudolabel.num_gpus_per_actor=0", "pseudolabel.num_actors=1", "pseudolabel.num_cpus_per_actor=0.5",
-                  "pseudolabel.num_writers=1", "pseudolabel.batch_size=2", "pseudolabel.visualize=2"]
+                  "pseudolabel.threads_per_actor=2", "pseudolabel.num_writers=1", "pseudolabel.batch_size=2",
+                  "pseudolabel.visualize=2"]
 
 
 def places(tmp: Path) -> list[str]:
-    """Local folders for the cluster's shared filesystem, object store and tracking server."""
+    """Local folders for the cluster's shared filesystem, object store and tracking server, and a ResNet-50 file
+    (random weights) where users give ImageNet's."""
+    import torchvision
+
+    backbone = tmp / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), backbone)
     return [f"output_dir={tmp / 'out'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+            f"model.pretrained_backbone={backbone}",
             *(f"{stage}.train.storage_path={tmp / 'ray_results'}" for stage in TRAINING)]
 
 
 def rehearse(tmp: Path, preset: str, layout: str, extra: list[str]) -> dict:
     """Write the miniature, run the main job on it; return results.json (asserting the run's console first)."""
     data = tmp / "data"
-    made = subprocess.run([*XPL, "synth", "--layout", layout, "--out", str(data)], cwd=REPO, capture_output=True,
-                          text=True, check=False)
+    sizes = ["--train-images", "4", "--val-images", "4", "--caption-images", "4", "--shard-size", "2"]
+    made = subprocess.run([*XPL, "synth", "--layout", layout, "--out", str(data), *sizes], cwd=REPO,
+                          capture_output=True, text=True, check=False)
     assert made.returncode == 0, made.stderr
     summary = json.loads(made.stdout)
     tic = time.monotonic()

@@ -34,17 +34,24 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+    sizes = {key: getattr(args, key) for key in ("train_images", "caption_images", "val_images", "shard_size",
+                                                 "image_size") if getattr(args, key) is not None}
     if args.layout == "shapes":
+        from xpl.config import SynthConfig
         from xpl.data.shapes import synthesize
 
-        summary = synthesize(
-            Path(args.out), seed=args.seed, train_images=args.train_images, caption_images=args.caption_images,
-            val_images=args.val_images, shard_size=args.shard_size, image_size=args.image_size, progress=True,
-        )
+        world = SynthConfig()
+        sizes = {key: sizes.get(key, getattr(world, key)) for key in ("train_images", "caption_images", "val_images",
+                                                                      "shard_size", "image_size")}
+        summary = synthesize(Path(args.out), seed=args.seed, progress=True, **sizes)
     else:
         from xpl.data.miniature import write_miniature
 
-        summary = write_miniature(Path(args.out), args.layout, seed=args.seed)
+        if "image_size" in sizes:
+            raise XPLError("--image-size is the shapes world's: a miniature has the real sets' image sizes")
+        if "train_images" in sizes:
+            sizes["images"] = sizes.pop("train_images")
+        summary = write_miniature(Path(args.out), args.layout, seed=args.seed, **sizes)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -89,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True)
     synth.add_argument("--layout", choices=("shapes", "coco", "oi"), default="shapes",
                        help="shapes: the shapes world; coco, oi: a miniature in the layout configs/coco_ovis.yaml or "
-                       "configs/oi_cc.yaml reads (xpl.data.miniature; the size options are the shapes world's)")
+                       "configs/oi_cc.yaml reads, with a random-weight BERT folder (xpl.data.miniature)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--train-images", type=int, default=300)
-    synth.add_argument("--caption-images", type=int, default=600)
-    synth.add_argument("--val-images", type=int, default=100)
-    synth.add_argument("--shard-size", type=int, default=100)
-    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--train-images", type=int, default=None, help="default: 300 (shapes), 12 (miniatures)")
+    synth.add_argument("--caption-images", type=int, default=None, help="default: 600 (shapes), 24 (miniatures)")
+    synth.add_argument("--val-images", type=int, default=None, help="default: 100 (shapes), 6 (miniatures)")
+    synth.add_argument("--shard-size", type=int, default=None, help="default: 100 (shapes), 12 (miniatures)")
+    synth.add_argument("--image-size", type=int, default=None, help="the shapes world's image side (default 128)")
     synth.set_defaults(func=cmd_synth)
 
     stages = {

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from xpl.data import rle
 from xpl.errors import DataError, XPLError
@@ -46,10 +46,11 @@ def list_images(path: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> Image.Image:
-    """The image as RGB; DataError naming the file when it cannot be decoded."""
+    """The image as RGB, as displayed (EXIF orientation applied); DataError naming the file when it cannot be
+    decoded."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError and truncation are OSErrors
         raise DataError(f"{path}: cannot read image ({exc})") from exc
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 MAX_PIXELS = 40_000_000
@@ -62,22 +62,27 @@ def _target_size(width: int, height: int, image_size: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = (5, 6, 7, 8)  # orientations whose displayed image is the stored one turned a quarter
+
+
 def decode_image(data: bytes, *, max_pixels: int,
                  image_size: int) -> tuple[Optional[np.ndarray], int, int, Optional[str]]:
     """(pixels with the longer side at most `image_size` (0: as stored), original width, height, None)
-    or (None, w, h, reason)."""
+    or (None, w, h, reason). Sizes and pixels are the image as displayed: an EXIF orientation is applied."""
     width = height = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            width, height = img.size
+            turned = img.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS
+            width, height = img.size[::-1] if turned else img.size
             if width * height > max_pixels:
                 return None, width, height, f"too_many_pixels: {width}x{height} > max_pixels {max_pixels}"
             target = _target_size(width, height, image_size)
             if img.format == "JPEG" and target != (width, height):
-                img.draft("RGB", target)
-            img = img.convert("RGB")
+                img.draft("RGB", target[::-1] if turned else target)
+            img = ImageOps.exif_transpose(img).convert("RGB")
     except Image.DecompressionBombError as exc:
         return None, width, height, f"too_many_pixels: {exc}"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xpl.data import rle
 from xpl.errors import DataError
@@ -97,8 +97,8 @@ class CocoInstances(torch.utils.data.Dataset):
     def _read_image(self, info: dict[str, Any]) -> torch.Tensor:
         path = self.image_dir / info["file_name"]
         try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB"))
+            with Image.open(path) as img:  # as displayed, as COCO's width and height are
+                array = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
         except FileNotFoundError:
             raise DataError(f"{path}: image not found (listed in {self.json_path.name})") from None
         except (UnidentifiedImageError, OSError) as exc:

@@ -26,14 +26,18 @@ MAX_DETECTIONS = 100  # per image, as COCO's AP counts them (maxDets=100)
 SCORE_THRESHOLD = 0.05  # the usual test-time floor of Mask R-CNN evaluations
 
 
-@torch.no_grad()
-def predict_masks(model: torch.nn.Module, dataset: CocoInstances, category_ids: list[int], *,
-                  batch_size: int = 8, device: str | torch.device = "cpu", max_detections: int = MAX_DETECTIONS,
-                  score_threshold: float = SCORE_THRESHOLD) -> list[dict[str, Any]]:
-    """COCO result records (RLE mask, xywh box, score) of `model` on `dataset`; labels 1..C map to `category_ids`.
+Vocabularies = Mapping[str, tuple[list[int], torch.Tensor]]  # name -> (category ids, [C, D] class embeddings)
 
-    The model's class embeddings must already be those of `category_ids`, in that order. Up to
-    `max_detections` per image scoring at least `score_threshold` (COCO's AP counts up to 100 per image;
+
+@torch.no_grad()
+def predict_masks(model: torch.nn.Module, dataset: CocoInstances, vocabularies: Vocabularies, *,
+                  batch_size: int = 8, device: str | torch.device = "cpu", max_detections: int = MAX_DETECTIONS,
+                  score_threshold: float = SCORE_THRESHOLD) -> dict[str, list[dict[str, Any]]]:
+    """COCO result records (RLE mask, xywh box, score) of `model` on `dataset` under each vocabulary: labels
+    1..C of vocabulary `name` map to its category ids. One backbone and RPN pass per image serves every
+    vocabulary (`OpenVocabMaskRCNN.detect_each`).
+
+    Up to `max_detections` per image scoring at least `score_threshold` (COCO's AP counts up to 100 per image;
     the model's own defaults, meant for pictures, keep fewer), the model's settings restored afterwards.
     """
     model.eval()
@@ -41,27 +45,34 @@ def predict_masks(model: torch.nn.Module, dataset: CocoInstances, category_ids: 
     kept = heads.detections_per_img, heads.score_thresh
     heads.detections_per_img, heads.score_thresh = max_detections, score_threshold
     try:
-        return _predict(model, dataset, category_ids, batch_size, device)
+        return _predict(model, dataset, vocabularies, batch_size, device)
     finally:
         heads.detections_per_img, heads.score_thresh = kept
 
 
 @torch.no_grad()
-def _predict(model: torch.nn.Module, dataset: CocoInstances, category_ids: list[int], batch_size: int,
-             device: str | torch.device) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
+def _predict(model: torch.nn.Module, dataset: CocoInstances, vocabularies: Vocabularies, batch_size: int,
+             device: str | torch.device) -> dict[str, list[dict[str, Any]]]:
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in vocabularies}
+    embeddings = [emb for _, emb in vocabularies.values()]
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        outputs = model([img.to(device) for img, _ in items])
-        for (_, target), out in zip(items, outputs):
-            masks = (out["masks"][:, 0] >= 0.5).cpu().numpy()
-            for mask, box, label, score in zip(masks, out["boxes"].tolist(), out["labels"].tolist(),
-                                               out["scores"].tolist()):
-                x0, y0, x1, y1 = box
-                results.append({"image_id": target["image_id"], "category_id": category_ids[label - 1],
-                                "segmentation": rle.encode(mask), "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                "score": float(score)})
+        outputs = model.detect_each([img.to(device) for img, _ in items], embeddings)
+        for (name, (category_ids, _)), per_image in zip(vocabularies.items(), outputs):
+            for (_, target), out in zip(items, per_image):
+                results[name] += _records(target["image_id"], out, category_ids)
     return results
+
+
+def _records(image_id: int, out: Mapping[str, torch.Tensor], category_ids: list[int]) -> list[dict[str, Any]]:
+    """One image's detections as COCO result records."""
+    masks = (out["masks"][:, 0] >= 0.5).cpu().numpy()
+    records = []
+    for mask, box, label, score in zip(masks, out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
+        x0, y0, x1, y1 = box
+        records.append({"image_id": image_id, "category_id": category_ids[label - 1], "segmentation": rle.encode(mask),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+    return records
 
 
 def load_ground_truth(gt_json: str | Path) -> COCO:

@@ -31,15 +31,20 @@ def split_ids(vocab: Vocabulary) -> dict[str, list[int]]:
     return {subset: [c.id for c in vocab.split(subset)] for subset in SUBSETS}
 
 
-def set_class_names(model: torch.nn.Module, encoder: TextEncoder, names: Sequence[str]) -> None:
-    """Make `names` the model's classes (labels 1..C in this order); XPLError when the text encoder's
-    space is not the one the model was trained in."""
+def class_embeddings(model: torch.nn.Module, encoder: TextEncoder, names: Sequence[str]) -> torch.Tensor:
+    """[C, D] embeddings of `names` for `model`; XPLError when the text encoder's space is not the one the model
+    was trained in."""
     embeddings = encoder.embed(list(names))
     expected = model.v2l.embed_dim
     if embeddings.shape[1] != expected:
         raise XPLError(f"the model classifies in a {expected}-d text space but text.model={encoder.model} gives "
                        f"{embeddings.shape[1]}-d embeddings: use the text encoder the model was trained with")
-    model.set_class_embeddings(embeddings)
+    return embeddings
+
+
+def set_class_names(model: torch.nn.Module, encoder: TextEncoder, names: Sequence[str]) -> None:
+    """Make `names` the model's classes (labels 1..C in this order), checked as `class_embeddings` does."""
+    model.set_class_embeddings(class_embeddings(model, encoder, names))
 
 
 def _prefixed(setting: str, metrics: Mapping[str, Optional[float]]) -> dict[str, Optional[float]]:
@@ -53,16 +58,13 @@ def evaluate_model(model: torch.nn.Module, vocab: Vocabulary, encoder: TextEncod
     gt = load_ground_truth(gt_json)
     dataset = CocoInstances(gt_json, image_dir, category_ids=vocab.ids)
     subsets = split_ids(vocab)
-
-    def predict(ids: list[int]) -> list[dict[str, Any]]:
-        if not ids:
-            return []
-        set_class_names(model, encoder, [vocab.by_id(i).name for i in ids])
-        return predict_masks(model, dataset, ids, batch_size=batch_size, device=device)
-
-    metrics = _prefixed("generalized", subset_metrics(gt, predict(subsets["all"]), subsets))
+    classifiers = {"all": subsets["all"], **{split: subsets[split] for split in ("base", "novel") if subsets[split]}}
+    vocabularies = {name: (ids, class_embeddings(model, encoder, [vocab.by_id(i).name for i in ids]))
+                    for name, ids in classifiers.items()}
+    results = predict_masks(model, dataset, vocabularies, batch_size=batch_size, device=device)
+    metrics = _prefixed("generalized", subset_metrics(gt, results["all"], subsets))
     for split in ("base", "novel"):
-        metrics |= _prefixed("constrained", subset_metrics(gt, predict(subsets[split]), {split: subsets[split]}))
+        metrics |= _prefixed("constrained", subset_metrics(gt, results.get(split, []), {split: subsets[split]}))
     return metrics
 
 

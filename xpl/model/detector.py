@@ -301,6 +301,26 @@ class OpenVocabMaskRCNN(MaskRCNN):
         (boxes, labels 1..C into the current vocabulary, scores, masks [n, 1, H, W])."""
         return super().forward(self._cast(images), targets)
 
+    @torch.no_grad()
+    def detect_each(self, images: list[torch.Tensor],
+                    vocabularies: Sequence[torch.Tensor]) -> list[list[dict[str, torch.Tensor]]]:
+        """Detections of `images` (eval mode, as `forward`) under each vocabulary ([C_k, D] class embeddings), one
+        backbone and RPN pass serving them all: evaluation scores a model in several settings at once. The
+        current class embeddings are kept."""
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, features = self._features(images)
+        proposals, _ = self.rpn(image_list, features)
+        kept = self.class_embeddings
+        out = []
+        try:
+            for embeddings in vocabularies:
+                self.set_class_embeddings(embeddings)
+                detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+                out.append(self.transform.postprocess(detections, image_list.image_sizes, original_sizes))
+        finally:
+            self.roi_heads.box_predictor.class_embeddings = kept
+        return out
+
     def _features(self, images: list[torch.Tensor]) -> tuple[ImageList, dict[str, torch.Tensor]]:
         image_list, _ = self.transform(self._cast(images))
         return image_list, self.backbone(image_list.tensors)

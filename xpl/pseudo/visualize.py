@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from xpl.data import rle
 from xpl.data.caption_sample import image_member
@@ -55,7 +55,8 @@ def draw_pseudo(image_bytes: bytes, pseudo: dict[str, Any], min_side: int = 256,
     instances = pseudo["instances"]
     labels = [f'{inst["name"]} "{inst["phrase"]}" {inst["align_score"]:.2f}' for inst in instances]
     colours = [RIGHT if ok else WRONG for ok in verdicts] if verdicts is not None else None
-    return draw_instances(Image.open(io.BytesIO(image_bytes)), instances, labels, colours, min_side)
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes)))  # pseudo masks are as displayed
+    return draw_instances(image, instances, labels, colours, min_side)
 
 
 def histogram(values: Sequence[float], bins: int = 20) -> dict[str, list[float]]:

@@ -106,9 +106,9 @@ def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float
 
     base, names = base_categories(cfg)
     model = load_model(model_path)
-    model.set_class_embeddings(TextEncoder(cfg.text.model).embed(names))
     dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=base)
-    scores = mask_ap(cfg.data.val_json, predict_masks(model, dataset, base), base)
+    results = predict_masks(model, dataset, {"base": (base, TextEncoder(cfg.text.model).embed(names))})["base"]
+    scores = mask_ap(cfg.data.val_json, results, base)
     return {f"val_base_mask_{k}": v for k, v in scores.items()}
 
 

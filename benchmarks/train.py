@@ -1,7 +1,7 @@
 """Training throughput. Teacher: DeepSpeed ZeRO 0/1/2 against plain torch DDP. Student (`--student`): the
 robust mask loss with T = 1, 5, 10 Monte-Carlo samples against the plain loss. Same config, same workers.
 
-`python jobs/benchmark_train.py [--student] [--steps N] [--out FILE] [key=value ...]` prints a table with the
+`python benchmarks/train.py [--student] [--steps N] [--out FILE] [key=value ...]` prints a table with the
 ratios to the first variant and saves it as JSON. Images/s is measured over the second half of the steps
 (after warm-up), from the engine's own step timing, excluding start-up and checkpointing; peak memory is
 rank 0's (peak RSS on CPU, the CUDA allocator's peak on GPU). The student variants read the teacher and the
@@ -72,7 +72,7 @@ def student_rows(args: argparse.Namespace, tmp: str) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default="configs/shapes.yaml")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--student", action="store_true", help="benchmark the student's mask losses instead")
     parser.add_argument("--out", default=None, help="default: outputs/benchmarks/{train,student}.json")

@@ -1,6 +1,6 @@
 """Which region a caption word gets, and why a pseudo-label is wrong: a study of stage 3's choice on data with truth.
 
-    python jobs/region_study.py --config configs/shapes.yaml [key=value ...] [--grow 1.25 1.5] [--json PATH]
+    python benchmarks/region_study.py --config configs/shapes.yaml [key=value ...] [--grow 1.25 1.5] [--json PATH]
 
 Runs the configured teacher (`pseudolabel.teacher`) over the caption shards (`pseudolabel.input`: the
 training data; the val split reports results and is not for tuning) in one process, no Ray, and judges
@@ -136,7 +136,7 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default="configs/shapes.yaml")
     parser.add_argument("--grow", type=float, nargs="*", default=None,
                         help="growth factors for the `grow` rule (default: pseudolabel.grow, else 1.25 1.5)")
     parser.add_argument("--json", default=None)

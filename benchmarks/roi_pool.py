@@ -1,6 +1,6 @@
 """RoI pooling on CPU: torchvision's roi_align kernels against the tap gather of `xpl.model.roi_pool`.
 
-`python jobs/benchmark_roi_pool.py [--config FILE] [--steps N] [--out FILE] [key=value ...]` times, in one
+`python benchmarks/roi_pool.py [--config FILE] [--steps N] [--out FILE] [key=value ...]` times, in one
 process on one thread (what each Ray Train worker gets on a 2-core node), (1) the box (7x7) and mask (14x14)
 poolers alone on the model's FPN maps, forward and forward + backward, and (2) a whole Mask R-CNN training
 step (forward, backward, AdamW) of the config's detector on `batch` images with random boxes and masks,
@@ -109,7 +109,7 @@ def step_rows(model: OpenVocabMaskRCNN, size: int, batch: int, steps: int) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default="configs/shapes.yaml")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4, help="images per training step (a worker's batch)")
     parser.add_argument("--embed-dim", type=int, default=384, help="the text encoder's width (sizes V2L only)")

@@ -1,7 +1,7 @@
 """Noise study: the plain and the robust student on the same pseudo-labels, a seeded share of whose masks is
 corrupted (dilated, eroded, shifted, cut or swapped: `xpl.data.corrupt`), then both evaluated.
 
-`python jobs/noise_study.py --config configs/shapes.yaml [--share 0.5] [--modes ...] [key=value ...]` reads the
+`python benchmarks/noise_study.py --config configs/shapes.yaml [--share 0.5] [--modes ...] [key=value ...]` reads the
 teacher and pseudo-labels of a finished `make demo` (`student.init`, `student.pseudo`), prints a table (generalized
 and constrained mask AP50 on novel and base, mean sigma on corrupted and clean instances) and writes it to
 `<output_dir>/noise_study.{md,json}`. `--modes expected_likelihood` trains the robust student only. Runs under
@@ -31,7 +31,7 @@ def _cell(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default="configs/shapes.yaml")
     parser.add_argument("--share", type=float, default=0.5, help="share of pseudo instances corrupted")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"students to train, comma-separated ({','.join(MODES)})")

@@ -1,6 +1,6 @@
 """Benchmark pseudo-labeling: the teacher alone vs the Ray Data pipeline with 1 and 2 actors.
 
-    python jobs/benchmark_pseudolabel.py [--config FILE] [key=value ...] [--actors 1 2] [--json PATH]
+    python benchmarks/pseudolabel.py [--config FILE] [key=value ...] [--actors 1 2] [--json PATH]
         [--gpu-images-per-s 260] [--gpus-per-node 1 8] [--node-cpus 8 16 32 64]
 
 On the configured caption shards (`pseudolabel.input`) and teacher (`pseudolabel.teacher`; a freshly
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_env_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default="configs/shapes.yaml")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--json", default=None,
                         help="where to save the results (default: <output_dir>/benchmark_pseudolabel.json)")
