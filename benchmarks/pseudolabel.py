@@ -127,27 +127,24 @@ def predecoded(shards, vocab, image_size: int, max_pixels: int) -> tuple[list, l
 
 def bench_plain(teacher: str, images: list, batch_size: int, threads: int, select: Optional[dict] = None) -> dict:
     """(a): model.regions over batches in this process (or, when `select` holds the words, class
-    embeddings and options, `model.regions(masks=False)` + `select_batch` per batch, with the
-    actor's settings); model loading is not timed."""
+    embeddings and the `RegionChoice`, the actor's work: the choice's regions and selection per batch);
+    model loading is not timed."""
     import torch
 
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import caption_words, scored_choice, select_batch
+    from xpl.pseudo.choice import caption_words
 
     def run(batch: list, first: int) -> None:
         if select is None:
             model.regions(batch)
         else:
             words = select["words"][first:first + len(batch)]
-            regions = model.regions(batch, masks=False, flip=select["flip"])
-            select_batch([caption_words(w, select["embedding"]) for w in words], regions, **options)
+            choice = select["choice"]
+            choice.select([caption_words(w, select["embedding"]) for w in words], choice.regions(model, batch))
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     model = load_model(teacher)
-    if select is not None:
-        options = scored_choice(select["options"], torch.stack(list(select["embedding"].values())),
-                                model.v2l.scale)
     with torch.inference_mode():
         run(images[:batch_size], 0)  # warm-up
         with PeakMemory() as mem:
@@ -275,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     from xpl.config import load_config
     from xpl.data.captions import expand_urls
     from xpl.pseudo import manifest
+    from xpl.pseudo.choice import RegionChoice
     from xpl.pseudo.dataflow import Settings
     from xpl.pseudo.source import ShardTask
     from xpl.text import TextEncoder
@@ -293,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     vocab = Vocabulary.load(cfg.data.vocab)
     shards = manifest.plan_shards(expand_urls(pl.input))
     settings = Settings.from_config(pl)
-    threads = settings.torch_threads
+    threads = settings.threads_per_actor
     images, words = predecoded(shards, vocab, settings.image_size, settings.max_pixels)
-    embeddings = TextEncoder(cfg.text.model).embed(vocab.names).numpy()
-    select = {"words": words, "embedding": {c: torch.tensor(e) for c, e in zip(vocab.ids, embeddings)},
-              "options": settings.choice, "flip": settings.flip}
+    class_embeddings = TextEncoder(cfg.text.model).embed(vocab.names)
+    embeddings = class_embeddings.numpy()
+    choice = RegionChoice.from_config(pl, class_embeddings, cfg.model.logit_scale)
+    select = {"words": words, "embedding": dict(zip(vocab.ids, class_embeddings)), "choice": choice}
     results = {"load_average": list(os.getloadavg()), "device": "cpu", "cpus": torch.get_num_threads(),
                "shards": len(shards), "repeat": args.repeat,
                "batch_size": settings.batch_size, "image_size": settings.image_size, "teacher": str(teacher),
@@ -316,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             run = dataclasses.replace(settings, num_actors=n, num_cpus_per_actor=cpus, threads_per_actor=threads)
             repeated = [ShardTask(s.url, f"{s.name}-{i}") for i in range(args.repeat) for s in shards]
             results[f"pipeline_{n}_actor"] = bench_pipeline(
-                repeated, scratch / f"out{n}", run, teacher=str(teacher), vocab=vocab, class_embeddings=embeddings)
+                repeated, scratch / f"out{n}", run, teacher=str(teacher), vocab=vocab, class_embeddings=embeddings,
+                choice=choice)
             results[f"pipeline_{n}_actor"]["cpus_per_actor"] = cpus
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -17,6 +17,7 @@ Prints a table per split and class and writes JSON (default `<output_dir>/region
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import Counter, defaultdict
@@ -50,19 +51,26 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
     """Quality of each choice rule, candidate coverage and the kinds of wrong dot picks, per split and class."""
     from xpl.eval.pseudo_quality import judge_sample, quality_report
     from xpl.model.checkpoint import load_model
-    from xpl.pseudo.align import build_instances, caption_words, scored_choice, select_batch
+    from xpl.pseudo.choice import RegionChoice, caption_words
+    from xpl.pseudo.paste import build_instances
     from xpl.text import TextEncoder
     from xpl.vocab import Vocabulary
 
     vocab = Vocabulary.load(cfg.data.vocab)
     names = {c.id: c.name for c in vocab.categories}
     splits = {c.id: c.split for c in vocab.categories}
-    embedding = dict(zip(vocab.ids, TextEncoder(cfg.text.model).embed(vocab.names)))
+    class_embeddings = TextEncoder(cfg.text.model).embed(vocab.names)
+    embedding = dict(zip(vocab.ids, class_embeddings))
     model = load_model(cfg.pseudolabel.teacher, map_location="cpu").eval()
-    growth = {"grow": tuple(grow), "grow_touch": cfg.pseudolabel.grow_touch}
-    vocabulary = scored_choice({"vocabulary_softmax": True}, torch.stack(list(embedding.values())), model.v2l.scale)
-    rules = {"dot": {}, "cosine": {"cosine": True}, "vocab": vocabulary, "grow": growth,
-             "sides": {**growth, "grow_sides": True}, "sides+vocab": {**growth, "grow_sides": True, **vocabulary}}
+    configured = RegionChoice.from_config(cfg.pseudolabel, class_embeddings, model.v2l.scale)
+    dot = dataclasses.replace(configured, cosine=False, vocabulary=None, score_threshold=None, max_per_word=1,
+                              grow=(), grow_sides=False)
+    growth = dataclasses.replace(dot, grow=tuple(grow))
+    vocabulary = {"vocabulary": class_embeddings, "logit_scale": model.v2l.scale}
+    rules = {"dot": dot, "cosine": dataclasses.replace(dot, cosine=True),
+             "vocab": dataclasses.replace(dot, **vocabulary), "grow": growth,
+             "sides": dataclasses.replace(growth, grow_sides=True),
+             "sides+vocab": dataclasses.replace(growth, grow_sides=True, **vocabulary)}
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     coverage: dict[str, Counter] = defaultdict(Counter)
     pending = list(samples(cfg, vocab))
@@ -72,13 +80,11 @@ def study(cfg: Any, grow: list[float], batch_size: int = 16) -> dict[str, Any]:
         images = [torch.from_numpy(d.pixels.copy()).permute(2, 0, 1).float().div_(255) for d, _ in chunk]
         words = [caption_words(decoded.words, embedding) for decoded, _ in chunk]
         with torch.inference_mode():
-            regions = model.regions(images, flip=cfg.pseudolabel.flip, max_regions=cfg.pseudolabel.candidates,
-                                    nms_thresh=cfg.pseudolabel.candidate_nms)
-            for rule, options in rules.items():
-                chosen = select_batch(words, regions, mask_threshold=cfg.pseudolabel.mask_threshold, **options)
-                for (decoded, truth), selection in zip(chunk, chosen):
+            regions = dot.regions(model, images)
+            for rule, choice in rules.items():
+                for (decoded, truth), selection in zip(chunk, choice.select(words, regions)):
                     built = build_instances(selection, height=decoded.height, width=decoded.width,
-                                            box_scale=decoded.scale, mask_threshold=cfg.pseudolabel.mask_threshold)
+                                            box_scale=decoded.scale, mask_threshold=choice.mask_threshold)
                     found = [i.to_json() for i in built.instances]
                     records[rule].append({"categories": [i["category_id"] for i in found],
                                           "align_scores": [i["align_score"] for i in found],

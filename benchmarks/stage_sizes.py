@@ -125,18 +125,19 @@ def measure_training(stage: str, args: argparse.Namespace, device: torch.device)
 
 
 def measure_regions(cfg: Any, device: torch.device, batch: int, steps: int) -> dict[str, Any]:
-    """`regions()` as the teacher actor calls it (the preset's candidates, flip, no masks) on `batch` caption
-    images of the preset's size, then the choice of regions for their words (`select_batch`)."""
+    """The teacher actor's model work on `batch` caption images of the preset's size: the `RegionChoice`'s
+    candidate regions, then its selection for their words."""
     from xpl.data.sampling import caption_batches
     from xpl.model.detector import OpenVocabMaskRCNN
-    from xpl.pseudo.align import caption_words, select_batch
+    from xpl.pseudo.choice import RegionChoice, caption_words
     from xpl.text import TextEncoder
     from xpl.vocab import Vocabulary
 
-    pl = cfg.pseudolabel
     encoder = TextEncoder(cfg.text.model)
     vocab = Vocabulary.load(cfg.data.vocab)
-    embedding = dict(zip(vocab.ids, encoder.embed(vocab.names)))
+    class_embeddings = encoder.embed(vocab.names)
+    embedding = dict(zip(vocab.ids, class_embeddings))
+    choice = RegionChoice.from_config(cfg.pseudolabel, class_embeddings, cfg.model.logit_scale)
     model = OpenVocabMaskRCNN.from_config(cfg.model, encoder.dim).to(device).eval()
     samples = next(caption_batches(cfg.data.captions, batch, rank=0, world_size=1, image_size=cfg.data.image_size,
                                    start_step=0, seed=0))
@@ -148,9 +149,8 @@ def measure_regions(cfg: Any, device: torch.device, batch: int, steps: int) -> d
         for _ in range(steps):
             _sync(device)
             tic = time.perf_counter()
-            regions = model.regions(images, masks=False, flip=pl.flip, max_regions=pl.candidates,
-                                    nms_thresh=pl.candidate_nms)
-            select_batch([caption_words(w, embedding) for w in words], regions, mask_threshold=pl.mask_threshold)
+            regions = choice.regions(model, images)
+            choice.select([caption_words(w, embedding) for w in words], regions)
             _sync(device)
             times.append(time.perf_counter() - tic)
     steady = times[1:] or times

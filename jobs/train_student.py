@@ -1,8 +1,9 @@
-"""Stage 4 job: `python jobs/train_student.py [--config FILE] [key=value ...]` or via `ray job submit`."""
+"""Stage 4 job, the robust student: `python jobs/train_student.py [--config FILE] [key=value ...]` (local Ray) or
+via `ray job submit --working-dir . -- python jobs/train_student.py ...` (a cluster)."""
 
 import sys
 
-from xpl.cli import main
+from xpl.cli import job
 
 if __name__ == "__main__":
-    sys.exit(main(["train-student", *sys.argv[1:]]))
+    sys.exit(job("student"))

@@ -1,8 +1,9 @@
-"""Stage 2 job: `python jobs/train_teacher.py [--config FILE] [key=value ...]` or via `ray job submit`."""
+"""Stage 2 job, the teacher: `python jobs/train_teacher.py [--config FILE] [key=value ...]` (local Ray) or via
+`ray job submit --working-dir . -- python jobs/train_teacher.py ...` (a cluster)."""
 
 import sys
 
-from xpl.cli import main
+from xpl.cli import job
 
 if __name__ == "__main__":
-    sys.exit(main(["train-teacher", *sys.argv[1:]]))
+    sys.exit(job("teacher"))

@@ -1,5 +1,6 @@
 """Cross-modal alignment on constructed tensors with known answers."""
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -9,30 +10,33 @@ import pyarrow as pa
 import pytest
 import torch
 
+from omegaconf import OmegaConf
+
+from xpl.config import PseudoLabelConfig
 from xpl.data import rle
-from xpl.pseudo.align import (
+from xpl.pseudo.choice import (
     BELOW_THRESHOLD,
-    EMPTY_MASK,
     NO_REGIONS,
+    RegionChoice,
     Selection,
     Word,
-    align_image,
     alignment_scores,
     caption_words,
     drop_repeats,
     overlap_of_smaller,
     pick_regions,
-    scored_choice,
-    border_touch,
-    side_cells,
-    build_instances,
-    expand_boxes,
-    paste_masks,
     select_batch,
     select_regions,
     unique_words,
 )
+from xpl.pseudo.grow import border_touch, expand_boxes, side_cells
+from xpl.pseudo.paste import EMPTY_MASK, align_image, build_instances, paste_masks
 from xpl.pseudo.selection_columns import read_selections, selection_columns
+
+
+def choice(**changes) -> RegionChoice:
+    """The config's default choice (the paper's top-1 dot product), with `changes`."""
+    return dataclasses.replace(RegionChoice.from_config(OmegaConf.structured(PseudoLabelConfig)), **changes)
 
 
 @dataclass
@@ -91,12 +95,16 @@ def test_vocabulary_scores_are_the_log_probability_of_the_word_and_prefer_a_regi
     assert [r for _, r, _ in pick_regions(hexagon[None], regions, boxes, [1], vocabulary=vocabulary)] == [1]
 
 
-def test_scored_choice_turns_the_vocabulary_flag_into_the_vocabulary():
+def test_the_choice_from_config_turns_the_vocabulary_flag_into_the_vocabulary():
+    pl = OmegaConf.structured(PseudoLabelConfig)
     vocabulary = torch.eye(3)
-    assert scored_choice({"cosine": False, "vocabulary_softmax": False}, vocabulary, 2.0) == {"cosine": False}
-    keywords = scored_choice({"max_per_word": 5, "vocabulary_softmax": True}, vocabulary, 2.0)
-    assert keywords.keys() == {"max_per_word", "vocabulary", "logit_scale"} and keywords["logit_scale"] == 2.0
-    assert torch.equal(keywords["vocabulary"], vocabulary)
+    plain = RegionChoice.from_config(pl, vocabulary, 2.0)
+    assert plain.vocabulary is None and (plain.candidates, plain.candidate_nms, plain.max_per_word) == (1000, 1.0, 1)
+    scored = RegionChoice.from_config(OmegaConf.merge(pl, {"vocabulary_softmax": True, "grow": [1.5]}), vocabulary,
+                                      2.0)
+    assert torch.equal(scored.vocabulary, vocabulary) and scored.logit_scale == 2.0 and scored.grow == (1.5,)
+    with pytest.raises(ValueError, match="class embeddings"):
+        RegionChoice.from_config(OmegaConf.merge(pl, {"vocabulary_softmax": True}))
 
 
 def test_pick_regions_no_regions():
@@ -121,11 +129,11 @@ def test_a_word_naming_two_objects_picks_its_two_best_regions_on_different_objec
     assert [r for _, r, _ in pick_regions(words, embeddings, boxes, [3], threshold=2.0)] == [1, 2]
     regions = FakeRegions(boxes, embeddings, torch.full((4,), 0.5), torch.full((4, 14, 14), 0.8))
     moons = [Word(5, "moon", "moons", unit(1, 0), count=2)]
-    assert select_regions(moons, regions).boxes.tolist() == [[1.0, 1.0, 6.0, 6.0]]  # the paper's top-1
-    two = select_regions(moons, regions, max_per_word=5)
+    assert select_regions(moons, regions, choice()).boxes.tolist() == [[1.0, 1.0, 6.0, 6.0]]  # the paper's top-1
+    two = select_regions(moons, regions, choice(max_per_word=5))
     assert two.words == [(5, "moon", "moons")] * 2 and two.scores.tolist() == [5.0, 3.0]
     assert two.boxes.tolist() == [[1.0, 1.0, 6.0, 6.0], [20.0, 0.0, 30.0, 10.0]]
-    assert len(build_instances(through_columns(two), height=40, width=50).instances) == 2
+    assert len(build_instances(through_columns(two), height=40, width=50, mask_threshold=0.5).instances) == 2
 
 
 def test_drop_repeats_keeps_the_first_pick_per_object_and_class():
@@ -145,10 +153,10 @@ def test_grown_parts_of_one_object_become_one_instance():
     regions = FakeRegions(parts, torch.tensor([[2.0, 0.0], [1.0, 0.0]]), torch.tensor([0.5, 0.5]), head(parts),
                           image_size=(40, 50), masks_in=head)
     words = [Word(7, "moon", "moons", unit(1, 0), count=2)]
-    assert len(select_regions(words, regions, max_per_word=2).words) == 1  # the same object: not picked twice
+    assert len(select_regions(words, regions, choice(max_per_word=2)).words) == 1  # the same object: not picked twice
     apart = FakeRegions(parts[:1], regions.embeddings[:1], regions.scores[:1], head(parts[:1]), image_size=(40, 50),
                         masks_in=head)
-    grown = select_regions(words, apart, grow=(1.5, 2.0), max_per_word=2)
+    grown = select_regions(words, apart, choice(grow=(1.5, 2.0), max_per_word=2))
     assert grown.words == [(7, "moon", "moons")]
 
 
@@ -173,7 +181,7 @@ def test_paste_masks_fills_box_only():
 
 def test_align_image_builds_instances_with_known_answers():
     words = [Word(3, "circle", "disc", unit(1, 0, 0)), Word(5, "moon", "crescent", unit(0, 1, 0))]
-    result = align_image(words, regions_two_boxes(), height=40, width=50)
+    result = align_image(words, regions_two_boxes(), choice(), height=40, width=50)
     assert result.reason is None
     first, second = result.instances
     assert (first.category_id, first.name, first.phrase) == (3, "circle", "disc")
@@ -191,7 +199,7 @@ def test_align_image_builds_instances_with_known_answers():
 
 def test_align_image_box_scale_maps_to_original_pixels():
     words = [Word(1, "circle", "circle", unit(1, 0, 0))]
-    result = align_image(words, regions_two_boxes(), height=80, width=100, box_scale=2.0)
+    result = align_image(words, regions_two_boxes(), choice(), height=80, width=100, box_scale=2.0)
     assert result.instances[0].box == (10.0, 10.0, 30.0, 30.0)
     mask = rle.decode(result.instances[0].segmentation, 80, 100)
     ys, xs = np.nonzero(mask)
@@ -203,29 +211,30 @@ def test_mask_binarised_at_threshold():
     regions = regions_two_boxes()
     regions.mask_probs[0, :, :7] = 0.3  # left half of box 0 below 0.5
     words = [Word(1, "circle", "circle", unit(1, 0, 0))]
-    inst = align_image(words, regions, height=40, width=50).instances[0]
+    inst = align_image(words, regions, choice(), height=40, width=50).instances[0]
     mask = rle.decode(inst.segmentation, 40, 50)
     assert 40 <= mask.sum() <= 60 and not mask[:, :9].any()  # the right half of the 10x10 box
     assert inst.mask_score > 0.7  # mean over the kept pixels only (the 0.3 half is not in it)
-    looser = align_image(words, regions, height=40, width=50, mask_threshold=0.25).instances[0]
+    looser = align_image(words, regions, choice(mask_threshold=0.25), height=40, width=50).instances[0]
     assert rle.area(looser.segmentation) == 100
 
 
 def test_reasons_for_no_instances():
     word = [Word(1, "circle", "circle", unit(0, 0, 1))]
     empty = FakeRegions(torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 14, 14))
-    assert align_image(word, empty, height=8, width=8).reason == NO_REGIONS
-    assert align_image(word, regions_two_boxes(), height=40, width=50, score_threshold=0.6).reason == BELOW_THRESHOLD
+    assert align_image(word, empty, choice(), height=8, width=8).reason == NO_REGIONS
+    assert align_image(word, regions_two_boxes(), choice(score_threshold=0.6), height=40,
+                       width=50).reason == BELOW_THRESHOLD
     faint = regions_two_boxes()
     faint.mask_probs[:] = 0.1
-    result = align_image(word, faint, height=40, width=50)
+    result = align_image(word, faint, choice(), height=40, width=50)
     assert result.instances == [] and result.reason == EMPTY_MASK
 
 
 def test_one_word_per_class():
     words = [Word(2, "square", "box", unit(1, 0, 0)), Word(2, "square", "squares", unit(1, 0, 0))]
     assert [w.phrase for w in unique_words(words)] == ["box"]
-    assert len(align_image(words, regions_two_boxes(), height=40, width=50).instances) == 1
+    assert len(align_image(words, regions_two_boxes(), choice(), height=40, width=50).instances) == 1
 
 
 def through_columns(selection: Selection) -> Selection:
@@ -238,16 +247,16 @@ def through_columns(selection: Selection) -> Selection:
 
 def test_selection_travels_as_columns_and_builds_the_same_instances():
     words = [Word(3, "circle", "disc", unit(1, 0, 0)), Word(5, "moon", "crescent", unit(0, 1, 0))]
-    selection = select_regions(words, regions_two_boxes())
+    selection = select_regions(words, regions_two_boxes(), choice())
     assert selection.words == [(3, "circle", "disc"), (5, "moon", "crescent")]
     assert selection.mask_probs.shape == (2, 14, 14) and selection.scores.tolist() == pytest.approx([2.0, 3.0])
     again = through_columns(selection)
     assert again.words == selection.words and (again.boxes == selection.boxes).all()
-    built = build_instances(again, height=40, width=50)
-    assert built.instances == align_image(words, regions_two_boxes(), height=40, width=50).instances
-    below = select_regions(words, regions_two_boxes(), score_threshold=10.0)
-    assert below.words == [] and build_instances(through_columns(below), height=4, width=4).reason == (
-        BELOW_THRESHOLD)
+    built = build_instances(again, height=40, width=50, mask_threshold=0.5)
+    assert built.instances == align_image(words, regions_two_boxes(), choice(), height=40, width=50).instances
+    below = select_regions(words, regions_two_boxes(), choice(score_threshold=10.0))
+    built = build_instances(through_columns(below), height=4, width=4, mask_threshold=0.5)
+    assert below.words == [] and built.reason == BELOW_THRESHOLD
 
 
 def test_expand_boxes_about_the_centre_and_clipped():
@@ -294,17 +303,17 @@ def test_a_part_box_grows_until_its_mask_fits_and_the_box_becomes_the_mask_box()
     regions = FakeRegions(part, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), head(part),
                           image_size=(40, 50), masks_in=head)
     words = [Word(7, "moon", "moon", unit(1, 0, 0))]
-    plain = select_regions(words, regions)
+    plain = select_regions(words, regions, choice())
     assert plain.boxes.tolist() == [[14.0, 14.0, 26.0, 26.0]] and not plain.tight_boxes
-    grown = select_regions(words, regions, grow=(1.25, 1.5, 2.0))
+    grown = select_regions(words, regions, choice(grow=(1.25, 1.5, 2.0)))
     assert grown.boxes.tolist() == [[8.0, 8.0, 32.0, 32.0]] and grown.tight_boxes  # 1.25 still touches
     again = through_columns(grown)
     assert again.tight_boxes
-    inst = build_instances(again, height=40, width=50).instances[0]
+    inst = build_instances(again, height=40, width=50, mask_threshold=0.5).instances[0]
     assert inst.box == pytest.approx((10.0, 10.0, 30.0, 30.0), abs=1.0)
-    grown_box = align_image(words, regions, height=40, width=50, grow=(1.25, 1.5, 2.0)).instances[0].box
+    grown_box = align_image(words, regions, choice(grow=(1.25, 1.5, 2.0)), height=40, width=50).instances[0].box
     assert grown_box == inst.box
-    short = select_regions(words, regions, grow=(1.25,))
+    short = select_regions(words, regions, choice(grow=(1.25,)))
     assert short.boxes.tolist() == [[12.5, 12.5, 27.5, 27.5]]  # none fits: the largest factor
 
 
@@ -313,7 +322,7 @@ def test_a_box_whose_mask_fits_keeps_its_size():
     whole = torch.tensor([[8.0, 8.0, 32.0, 32.0]])
     regions = FakeRegions(whole, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), head(whole),
                           image_size=(40, 50), masks_in=head)
-    grown = select_regions([Word(7, "moon", "moon", unit(1, 0, 0))], regions, grow=(1.5,))
+    grown = select_regions([Word(7, "moon", "moon", unit(1, 0, 0))], regions, choice(grow=(1.5,)))
     assert grown.boxes.tolist() == [[8.0, 8.0, 32.0, 32.0]] and grown.tight_boxes
 
 
@@ -343,13 +352,13 @@ def test_select_batch_asks_the_mask_head_once_per_step_for_all_images_and_matche
     words = [Word(7, "moon", "moon", unit(1, 0, 0))]
     options = {"grow": (1.5, 2.0, 2.5), "grow_sides": True}
     one_by_one = [select_regions(words, FakeRegions(part, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]),
-                                                    head(part), masks_in=head), **options)
+                                                    head(part), masks_in=head), choice(**options))
                   for part, head in zip(parts, heads)]
     batch = CountingBatch(*heads)
     lazy = [FakeRegions(part, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), None,
                         masks_in=BatchImage(batch, i)) for i, part in enumerate(parts)]
     nothing = FakeRegions(torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), None, masks_in=BatchImage(batch, 2))
-    together = select_batch([words, words, words], [*lazy, nothing], **options)
+    together = select_batch([words, words, words], [*lazy, nothing], choice(**options))
     for alone, batched in zip(one_by_one, together):
         assert batched.words == alone.words and batched.tight_boxes
         assert np.array_equal(batched.boxes, alone.boxes) and np.array_equal(batched.mask_probs, alone.mask_probs)
@@ -379,10 +388,11 @@ def test_side_growth_follows_the_object_and_leaves_the_free_side_where_it_was():
     # x1.5 moves the top, right and bottom (the mask crosses them) to 11, 26 and 29 (x1.5 about the centre
     # is [2, 11, 26, 29]); all three still cross, x2 moves them to 8, 30 and 32; only the right still
     # crosses, x2.5 moves it to 34, where the mask fits
-    grown = select_regions(words, regions, grow=(1.5, 2.0, 2.5), grow_sides=True)
+    grown = select_regions(words, regions, choice(grow=(1.5, 2.0, 2.5), grow_sides=True))
     assert grown.boxes.tolist() == [[6.0, 8.0, 34.0, 32.0]] and grown.tight_boxes
-    inst = build_instances(grown, height=40, width=50).instances[0]
+    inst = build_instances(grown, height=40, width=50, mask_threshold=0.5).instances[0]
     assert inst.box == pytest.approx(obj, abs=1.0)
     # about the centre, x2.5 reaches the image's left edge and the pseudo mask takes in the neighbour
-    centre = build_instances(select_regions(words, regions, grow=(1.5, 2.0, 2.5)), height=40, width=50)
+    centre = build_instances(select_regions(words, regions, choice(grow=(1.5, 2.0, 2.5))), height=40, width=50,
+                             mask_threshold=0.5)
     assert centre.instances[0].box[0] == pytest.approx(0.0, abs=1.0)

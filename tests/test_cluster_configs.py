@@ -20,13 +20,14 @@ from jsonschema import validate
 from omegaconf import OmegaConf
 
 from xpl.config import load_config
+from xpl.stages.registry import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER, INFRA = REPO / "cluster", REPO / "infra"
 SHARED = "/mnt/xpl"
 LAUNCHER_CONFIGS = sorted(CLUSTER.glob("*.yaml"))
 CLOUD_CONFIGS = [CLUSTER / "aws.yaml", CLUSTER / "gcp.yaml"]
-STAGE_JOBS = {"pretrain", "train_teacher", "pseudolabel", "train_student"}
+STAGE_JOBS = {stage.job for stage in STAGES if stage.job}
 
 
 def documents(path: Path) -> list:

@@ -1,6 +1,5 @@
 """Structured configs: defaults, YAML presets, dotlist overrides and errors that name the key."""
 
-from pathlib import Path
 
 import pytest
 

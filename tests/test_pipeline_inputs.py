@@ -1,6 +1,5 @@
 """`xpl demo` writes the shapes world only when that is the configured data, and only where it owns the folder."""
 
-from pathlib import Path
 
 import pytest
 

@@ -3,7 +3,6 @@ a loud warning without ImageNet weights, and one caption per image per pretraini
 
 import logging
 import random
-from pathlib import Path
 
 import pytest
 import torch

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from presets import SHAPES
-from xpl.config import load_config
+from xpl.config import PseudoLabelConfig, load_config
 from xpl.pseudo import manifest
 from xpl.pseudo.assemble import ShardAssembler
+from xpl.pseudo.choice import RegionChoice
 from xpl.pseudo.decode import decode_sample
 from xpl.pseudo.source import ShardTask, read_shard
 from xpl.pseudo.writer import ShardWriter
@@ -172,7 +174,8 @@ def test_a_shard_whose_read_fails_gets_no_manifest_and_is_redone(shapes_world, s
 
     def write(url: str) -> dict:
         """Blocks through the writer, the last (with the end row) first; the driver's assembler joins them."""
-        writer, assembler = ShardWriter(str(tmp_path)), ShardAssembler(tmp_path)
+        choice = RegionChoice.from_config(OmegaConf.structured(PseudoLabelConfig))
+        writer, assembler = ShardWriter(str(tmp_path), choice), ShardAssembler(tmp_path)
         parts = [part for block in read_shard(ShardTask(url, "00000"), block_rows=4) for part in writer(block).to_pylist()]
         rows = [assembler.add(part) for part in reversed(parts)]
         assert all(row is None for row in rows[:-1]) and not assembler.open

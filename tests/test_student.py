@@ -28,7 +28,7 @@ from xpl.data.pseudo_sample import decode_pseudo
 from xpl.data.tar_records import iter_tar_records, open_shard
 from xpl.data.tar_writer import AtomicTar
 from xpl.errors import DataError, XPLError
-from xpl.pseudo.align import PseudoInstance
+from xpl.pseudo.paste import PseudoInstance
 from xpl.pseudo.instances import pseudo_json
 from xpl.vocab import Vocabulary
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 from xpl.errors import XPLError
 from xpl.runtime import apply_env_defaults
+from xpl.stages.registry import BY_NAME, STAGES
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -55,20 +56,31 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
-def _stage(module: str, function: str) -> Callable[[argparse.Namespace], None]:
-    """A subcommand that runs one stage on the running (or a new local) Ray cluster and prints its result."""
+def _stage(name: str) -> Callable[[argparse.Namespace], None]:
+    """A subcommand that runs stage `name` (`xpl.stages.registry`) on the running (or a new local) Ray cluster
+    and prints its result."""
 
     def run(args: argparse.Namespace) -> None:
-        import importlib
-
         from xpl.ray_cluster import connect
 
+        _log_progress()
         cfg = _load(args)
         connect()
-        result = getattr(importlib.import_module(module), function)(cfg)
+        result = BY_NAME[name].runner()(cfg)
         print(json.dumps(result, indent=2, default=str))
 
     return run
+
+
+def _log_progress() -> None:
+    """The stages' own progress lines (`xpl` loggers at INFO, e.g. pseudo-labeling's per shard) on stderr."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logger = logging.getLogger("xpl")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -105,16 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=None, help="the shapes world's image side (default 128)")
     synth.set_defaults(func=cmd_synth)
 
-    stages = {
-        "pretrain": ("xpl.stages.pretrain", "run_pretrain", "caption pretraining of backbone + V2L"),
-        "train-teacher": ("xpl.stages.teacher", "run_teacher", "train the teacher Mask R-CNN on base classes"),
-        "pseudolabel": ("xpl.stages.pseudolabel", "run_pseudolabel", "pseudo-label caption shards with the teacher"),
-        "train-student": ("xpl.stages.student", "run_student", "train the robust student on base and pseudo labels"),
-    }
-    for name, (module, function, text) in stages.items():
-        p = sub.add_parser(name, help=text)
+    for stage in (s for s in STAGES if s.command):
+        p = sub.add_parser(stage.command, help=stage.help)
         _add_config_args(p)
-        p.set_defaults(func=_stage(module, function))
+        p.set_defaults(func=_stage(stage.name))
 
     evaluate = sub.add_parser("evaluate", help="mask and box AP of a model (generalized and constrained) or of "
                               "a COCO results file, on base / novel / all classes")
@@ -170,6 +176,11 @@ def cmd_make_shards(args: argparse.Namespace) -> None:
 
     summary = make_coco_caption_shards(Path(args.images), Path(args.captions), Path(args.out), shard_size=args.shard_size)
     print(json.dumps(summary, indent=2, default=str))
+
+
+def job(stage: str) -> int:
+    """A job entry point (`jobs/<job>.py`): stage `stage`'s subcommand with the job's own arguments."""
+    return main([BY_NAME[stage].command, *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:

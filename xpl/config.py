@@ -90,6 +90,7 @@ class ModelConfig:
     detections_per_img: int = 100
     bg_weight: float = 0.2
     representation_size: int = 1024
+    logit_scale: float = 1.0  # multiplies the classifier's dot products (1: the paper's plain dot product)
 
 
 @dataclass
@@ -186,7 +187,7 @@ class PseudoLabelConfig:
 
     Candidates: the teacher's RPN proposals refined by its box regression, NMS at `candidate_nms` over
     objectness (1.0: none), the best `candidates` kept. Each caption word keeps its best region by
-    alignment score (`xpl.pseudo.align`); `grow`, `max_per_word`, `flip` and `vocabulary_softmax` are
+    alignment score (`xpl.pseudo.choice`); `grow`, `max_per_word`, `flip` and `vocabulary_softmax` are
     optional refinements of that choice (off: the paper's top-1 region per word).
     """
 
@@ -208,7 +209,7 @@ class PseudoLabelConfig:
     score_threshold: Optional[float] = None
     cosine: bool = False  # align with cosine (L2-normalised v_r) instead of the dot product
     # Score a region for a word by the teacher's log-probability of the word over background + the whole
-    # vocabulary instead of the bare dot product (`xpl.pseudo.align.alignment_scores`).
+    # vocabulary instead of the bare dot product (`xpl.pseudo.choice.alignment_scores`).
     vocabulary_softmax: bool = False
     flip: bool = False  # a flip test: region embeddings and masks averaged with their mirror image's (`regions(flip=)`)
     mask_threshold: float = 0.5
@@ -216,7 +217,7 @@ class PseudoLabelConfig:
     # border (a base-trained teacher points novel words at parts of objects); [] keeps the paper's boxes.
     grow: list[float] = field(default_factory=list)
     grow_touch: float = 0.05
-    grow_sides: bool = False  # move only the sides the mask crosses (`xpl.pseudo.align.grow_selections`)
+    grow_sides: bool = False  # move only the sides the mask crosses (`xpl.pseudo.grow.grow_sides`)
     # Regions per caption word: up to the number of objects it names ("two moons"), at most this; 1: the
     # paper's top-1 region per word.
     max_per_word: int = 1

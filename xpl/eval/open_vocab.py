@@ -10,7 +10,7 @@ setting name `results` (how its classifier was built is not known).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from pycocotools.coco import COCO

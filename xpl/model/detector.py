@@ -50,7 +50,7 @@ class Regions:
     `regions(masks=False)` left them to `masks_in`). image_size: (H, W) of the
     original image. masks_in: the mask head on other boxes of this image ([K, 4]
     original pixels -> [K, M, M] probabilities), e.g. a chosen box grown until
-    its object fits (`xpl.pseudo.align.grow_selections`); its `batch` runs
+    its object fits (`xpl.pseudo.choice.grow_selections`); its `batch` runs
     requests for several images of the same `regions()` call at once.
     """
 

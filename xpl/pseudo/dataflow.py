@@ -32,12 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import ray
 
 from xpl.pseudo.assemble import ShardAssembler
+from xpl.pseudo.choice import RegionChoice
 from xpl.pseudo.decode import decode_batch
 from xpl.pseudo.source import CaptionShardDatasource, ShardTask
 from xpl.pseudo.teacher_actor import Teacher
@@ -47,7 +48,9 @@ from xpl.vocab import Vocabulary
 
 @dataclass(frozen=True)
 class Settings:
-    """How the pipeline runs: the fields of `PseudoLabelConfig` it needs (their defaults live there only)."""
+    """How the pipeline runs (how caption words choose regions is the `RegionChoice`): the resources and block
+    sizes of `PseudoLabelConfig` (their defaults live there only). `threads_per_actor` 0 in the config becomes
+    the actor's CPUs rounded (at least 1)."""
 
     num_actors: int
     batch_size: int
@@ -58,17 +61,6 @@ class Settings:
     threads_per_actor: int
     image_size: int
     max_pixels: int
-    candidates: int
-    candidate_nms: float
-    score_threshold: Optional[float]
-    mask_threshold: float
-    cosine: bool
-    vocabulary_softmax: bool
-    flip: bool
-    grow: Sequence[float]
-    grow_touch: float
-    grow_sides: bool
-    max_per_word: int
     num_writers: int
     block_rows: int
 
@@ -76,22 +68,8 @@ class Settings:
     def from_config(cls, pl: Any) -> "Settings":
         values = {name: pl[name] for name in cls.__dataclass_fields__ if name in pl}
         values["actor_resources"] = dict(values.get("actor_resources") or {})
-        values["grow"] = tuple(float(f) for f in values.get("grow") or ())
+        values["threads_per_actor"] = pl.threads_per_actor or max(1, int(round(pl.num_cpus_per_actor)))
         return cls(**values)
-
-    @property
-    def choice(self) -> dict[str, Any]:
-        """How caption words choose regions: the keywords of `select_batch` (teacher actor, benchmark) once
-        `xpl.pseudo.align.scored_choice` has turned `vocabulary_softmax` into the teacher's vocabulary."""
-        return {"score_threshold": self.score_threshold, "cosine": self.cosine,
-                "vocabulary_softmax": self.vocabulary_softmax, "grow": tuple(self.grow),
-                "grow_touch": self.grow_touch, "grow_sides": self.grow_sides, "max_per_word": self.max_per_word,
-                "mask_threshold": self.mask_threshold}
-
-    @property
-    def torch_threads(self) -> int:
-        """Torch threads per actor: as set, else the actor's CPUs rounded (at least 1)."""
-        return self.threads_per_actor or max(1, int(round(self.num_cpus_per_actor)))
 
 
 def build_dataset(
@@ -101,6 +79,7 @@ def build_dataset(
     teacher: str,
     vocab: Vocabulary,
     class_embeddings: np.ndarray,
+    choice: RegionChoice,
     settings: Settings,
 ) -> "ray.data.Dataset":
     """The lazy dataset of finished-shard rows; iterating it runs the job."""
@@ -122,17 +101,15 @@ def build_dataset(
         num_cpus=settings.num_cpus_per_actor, num_gpus=settings.num_gpus_per_actor,
         resources=dict(settings.actor_resources) or None,
         fn_constructor_kwargs={
-            "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings,
-            "choice": settings.choice,
-            "batch_size": settings.batch_size, "flip": settings.flip, "threads": settings.torch_threads,
-            "candidates": settings.candidates, "candidate_nms": settings.candidate_nms,
+            "teacher": teacher, "class_ids": vocab.ids, "class_embeddings": class_embeddings, "choice": choice,
+            "batch_size": settings.batch_size, "threads_per_actor": settings.threads_per_actor,
             "use_gpu": settings.num_gpus_per_actor > 0,
         },
     )
     here = ray.get_runtime_context().get_node_id()
     return ds.map_batches(
         ShardWriter, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=settings.num_writers),
-        num_cpus=cpu, fn_constructor_kwargs={"output": output, "mask_threshold": settings.mask_threshold,
+        num_cpus=cpu, fn_constructor_kwargs={"output": output, "choice": choice,
                                               "ids_by_name": {c.name: c.id for c in vocab.categories}},
         label_selector={"ray.io/node-id": here},  # writers run on the driver's node (it assembles their parts)
     )

@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 from xpl.errors import DataError
 from xpl.eval.pseudo_quality import judge_sample, read_truth
-from xpl.pseudo.align import Selection, build_instances
+from xpl.pseudo.choice import Selection
+from xpl.pseudo.paste import build_instances
 from xpl.pseudo.rows import LABELED, NO_MATCH, PENDING, REJECTED, SAMPLE
 
 
@@ -59,7 +60,7 @@ def judged_truth(row: dict[str, Any], instances: list[dict[str, Any]],
     return judge_sample(instances, truth)
 
 
-def label_row(row: dict[str, Any], selection: Optional[Selection], *, mask_threshold: float = 0.5,
+def label_row(row: dict[str, Any], selection: Optional[Selection], *, mask_threshold: float,
               ids_by_name: Optional[dict[str, int]] = None) -> Labeled:
     """Build the pseudo instances of a sample row from its selection; judge them where the sample has
     truth (`ids_by_name`: the vocabulary's class name -> id)."""

@@ -74,7 +74,7 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 
-# Teacher output per pending row: the chosen regions of `xpl.pseudo.align.Selection`, flat, in the
+# Teacher output per pending row: the chosen regions of `xpl.pseudo.choice.Selection`, flat, in the
 # teacher's pixels; boxes are K x 4 and mask tiles K x M x M box-relative probabilities (M = mask_side).
 SELECTION = [
     ("sel_words", WORDS),

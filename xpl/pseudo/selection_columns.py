@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from xpl.pseudo.align import Selection
+from xpl.pseudo.choice import Selection
 from xpl.pseudo.rows import SELECTION
 
 _TYPES = dict(SELECTION)

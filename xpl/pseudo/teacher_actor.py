@@ -1,8 +1,8 @@
 """The teacher as a Ray Data callable class: one model per actor, blocks of decoded samples in.
 
-Pending rows go through `model.regions(...)` in chunks of `batch_size` images and `select_batch`
-(each caption word's best region; the mask head runs on the chosen regions only, for the whole chunk
-at once); only the chosen regions (boxes, scores, mask tiles) leave the
+Pending rows go through the teacher's candidate regions in chunks of `batch_size` images and the
+`RegionChoice` (each caption word's best region; the mask head runs on the chosen regions only, for the
+whole chunk at once); only the chosen regions (boxes, scores, mask tiles) leave the
 actor, as Arrow columns (`xpl.pseudo.selection_columns`); the writer pastes and encodes the masks,
 so the actor's time goes to the model. Rows where no word found a region become `no_match` here;
 every other row passes through. Rows the model ran on carry the actor's Ray node id
@@ -14,7 +14,7 @@ image goes through pinned host memory to the device without blocking.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from xpl.pseudo.align import Selection, caption_words, scored_choice, select_batch
+from xpl.pseudo.choice import RegionChoice, Selection, caption_words
 from xpl.pseudo.rows import NO_MATCH, PENDING, RESULT_SCHEMA, SAMPLE
 from xpl.pseudo.selection_columns import selection_columns
 
@@ -36,30 +36,23 @@ class Teacher:
         teacher: str,
         class_ids: list[int],
         class_embeddings: np.ndarray,
-        choice: Optional[Mapping[str, Any]] = None,
-        batch_size: int = 8,
-        flip: bool = False,
-        candidates: int = 50,
-        candidate_nms: float = 0.5,
-        threads: int = 0,
+        choice: RegionChoice,
+        batch_size: int,
+        threads_per_actor: int,
         use_gpu: bool = False,
     ) -> None:
         from xpl.model.checkpoint import load_model
         from xpl.runtime import apply_env_defaults
 
         apply_env_defaults()
-        if threads > 0:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads_per_actor)
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("the teacher actor was given a GPU, but torch sees no CUDA device")
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model = load_model(teacher, map_location=self.device)
         self.embedding = {cid: torch.tensor(np.asarray(e), dtype=torch.float32)
                           for cid, e in zip(class_ids, class_embeddings)}
-        self.batch_size, self.flip = batch_size, flip
-        self.candidates, self.candidate_nms = candidates, candidate_nms
-        # keywords of `select_batch` (from `Settings.choice`); the choice runs on CPU tensors
-        self.choice = scored_choice(choice or {}, torch.stack(list(self.embedding.values())), self.model.v2l.scale)
+        self.batch_size, self.choice = batch_size, choice
         self.node_id = ray.get_runtime_context().get_node_id()
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
@@ -79,11 +72,9 @@ class Teacher:
         out: list[Selection] = []
         with torch.inference_mode():
             for at in range(0, len(pixels), self.batch_size):
-                regions = self.model.regions([self._image(*p) for p in pixels[at:at + self.batch_size]], masks=False,
-                                             flip=self.flip, max_regions=self.candidates,
-                                             nms_thresh=self.candidate_nms)
-                out += select_batch([caption_words(w, self.embedding) for w in words[at:at + self.batch_size]],
-                                    regions, **self.choice)
+                regions = self.choice.regions(self.model, [self._image(*p) for p in pixels[at:at + self.batch_size]])
+                out += self.choice.select([caption_words(w, self.embedding) for w in words[at:at + self.batch_size]],
+                                          regions)
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from xpl.data.tar_writer import AtomicTar
+from xpl.pseudo.choice import RegionChoice
 from xpl.pseudo.instances import Labeled, label_row
 from xpl.pseudo.manifest import manifest_record, tmp_dir
 from xpl.pseudo.rows import END, LABELED, PART_SCHEMA, PROCESS_CPU, TEACHER_CPU, TIMINGS, table, widen_teacher_window
@@ -76,12 +77,12 @@ class _Part:
 
 
 class ShardWriter:
-    """Labels result rows and writes them as parts; returns one `PART_SCHEMA` row per part.
-    `ids_by_name` (class name -> id) turns on judging against truth."""
+    """Labels result rows and writes them as parts; returns one `PART_SCHEMA` row per part. The masks are
+    binarised as `choice` says; `ids_by_name` (class name -> id) turns on judging against truth."""
 
-    def __init__(self, output: str, mask_threshold: float = 0.5, ids_by_name: Optional[dict[str, int]] = None) -> None:
+    def __init__(self, output: str, choice: RegionChoice, ids_by_name: Optional[dict[str, int]] = None) -> None:
         self.output = Path(output)
-        self.mask_threshold = mask_threshold
+        self.mask_threshold = choice.mask_threshold
         self.ids_by_name = ids_by_name
         self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 

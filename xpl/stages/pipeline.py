@@ -9,11 +9,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from xpl.errors import DataError, XPLError
+
+if TYPE_CHECKING:
+    from xpl.stages.registry import Stage
 
 
 def missing_inputs(cfg: DictConfig) -> list[str]:
@@ -55,17 +58,6 @@ def ensure_inputs(cfg: DictConfig) -> bool:
                val_images=s.val_images, shard_size=s.shard_size, image_size=s.image_size,
                false_mention_rate=s.false_mention_rate, colour_mention_rate=s.colour_mention_rate, progress=True)
     return True
-
-
-# Config sections each stage reads, beyond those of the stages before it.
-SECTIONS = {"pretrain": ("data", "synth", "text", "model", "pretrain"), "teacher": ("teacher",),
-            "pseudolabel": ("pseudolabel",), "student": ("student",), "student_plain": ("student",)}
-MODELS = ("teacher", "student", "student_plain")
-
-
-def plain_student(cfg: DictConfig) -> DictConfig:
-    """The demo's comparison: the same student with the ordinary BCE mask loss, in its own folder and run."""
-    return OmegaConf.merge(cfg, {"student": {"name": "student_plain", "mode": "plain"}})
 
 
 def stage_digest(cfg: DictConfig, sections: tuple[str, ...], upstream: str) -> str:
@@ -115,65 +107,34 @@ def run_stage(name: str, digest: str, marker: Path, work: Callable[[], dict[str,
     return record
 
 
-def _training_outputs(cfg: DictConfig, section: str, name: str) -> list[Path]:
-    """A training stage's model folder and its Ray Train run folder (checkpoints it would resume from)."""
-    from xpl.stages.common import stage_dir
-    from xpl.train.engine import run_folder_name
-
-    return [stage_dir(cfg, name), Path(cfg[section].train.storage_path) / run_folder_name(cfg.run_name, name)]
-
-
 def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
-    """Pretrain, teacher, pseudo-labels, robust and plain students, evaluation of the teacher and both students;
-    write `results.json` and `results.md` to `<output_dir>` and print the table. A stage whose output exists
-    for the same config (and upstream) is skipped; `fresh` reruns everything (the output folder is removed)."""
+    """Every stage of the registry in order (`xpl.stages.registry.STAGES`), then the evaluation of each stage's
+    model; write `results.json` and `results.md` to `<output_dir>` and print the table. A stage whose output
+    exists for the same config (and upstream) is skipped; `fresh` reruns everything (the output folder is removed)."""
     from xpl.stages.evaluate import run_evaluate
-    from xpl.stages.pretrain import run_pretrain
-    from xpl.stages.pseudolabel import run_pseudolabel
-    from xpl.stages.student import run_student
-    from xpl.stages.teacher import run_teacher
-    from xpl.stages.progress import StageProgress
-    from xpl.tracking import resolve_tracking_uri, run_key
+    from xpl.stages.registry import STAGES
+    from xpl.tracking import resolve_tracking_uri
 
     ensure_inputs(cfg)
     out = Path(cfg.output_dir)
     if fresh and out.exists():
         print(f"[pipeline] --fresh: removing {out}", flush=True)
         shutil.rmtree(out)
-    plain = plain_student(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri)
-
-    def shown(stage_cfg: DictConfig, section: str, stage: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        with StageProgress(uri, stage_cfg.tracking.experiment, run_key(stage_cfg.run_name, stage), stage,
-                           int(stage_cfg[section].train.steps)):
-            return run()
-
-    work: dict[str, Callable[[], dict[str, Any]]] = {
-        "pretrain": lambda: shown(cfg, "pretrain", "pretrain", lambda: run_pretrain(cfg)),
-        "teacher": lambda: shown(cfg, "teacher", "teacher", lambda: run_teacher(cfg)),
-        "pseudolabel": lambda: run_pseudolabel(cfg),
-        "student": lambda: shown(cfg, "student", cfg.student.name, lambda: run_student(cfg)),
-        "student_plain": lambda: shown(plain, "student", plain.student.name, lambda: run_student(plain))}
-    upstream = {"pretrain": "", "teacher": "pretrain", "pseudolabel": "teacher", "student": "pseudolabel",
-                "student_plain": "pseudolabel"}
-    outputs = {"pretrain": _training_outputs(cfg, "pretrain", "pretrain"),
-               "teacher": _training_outputs(cfg, "teacher", "teacher"),
-               "pseudolabel": [Path(cfg.pseudolabel.output)],
-               "student": _training_outputs(cfg, "student", cfg.student.name),
-               "student_plain": _training_outputs(plain, "student", plain.student.name)}
     records: dict[str, StageRecord] = {}
-    for name, run in work.items():
-        stage_cfg = plain if name == "student_plain" else cfg
-        parent = records[upstream[name]].digest if upstream[name] else ""
-        digest = stage_digest(stage_cfg, SECTIONS[name], parent)
-        records[name] = run_stage(name, digest, out / "pipeline" / f"{name}.json", run, fresh, outputs[name])
+    for stage in STAGES:
+        parent = records[stage.upstream].digest if stage.upstream else ""
+        digest = stage_digest(stage.config(cfg), stage.reads, parent)
+        records[stage.name] = run_stage(stage.name, digest, out / "pipeline" / f"{stage.name}.json",
+                                        lambda s=stage: _shown(s, cfg, uri), fresh, stage.outputs(cfg))
     _disconnect_ray()
-    for model in MODELS:
+    models = [stage.name for stage in STAGES if stage.model]
+    for model in models:
         path = records[model].result["model"]
         records[f"evaluate/{model}"] = run_stage(
             f"evaluate {model}", stage_digest(cfg, ("data", "text"), records[model].digest),
             out / "pipeline" / f"evaluate-{model}.json", lambda p=path: run_evaluate(cfg, checkpoint=p), fresh)
-    results = summarize(records, uri)
+    results = summarize(records, models, uri)
     results["pictures"] = showcase(cfg, records["student"].result["model"], out / "showcase")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = results_markdown(results)
@@ -184,6 +145,19 @@ def run_pipeline(cfg: DictConfig, fresh: bool = False) -> dict[str, Any]:
           f"[pipeline] MLflow UI: mlflow ui --backend-store-uri {results['mlflow']} (then http://127.0.0.1:5000)",
           flush=True)
     return results
+
+
+def _shown(stage: Stage, cfg: DictConfig, uri: str) -> dict[str, Any]:
+    """Run `stage` on its config; a training stage prints progress lines read from its MLflow run."""
+    from xpl.stages.progress import StageProgress
+    from xpl.tracking import run_key
+
+    own = stage.config(cfg)
+    if not stage.trains:
+        return stage.runner()(own)
+    with StageProgress(uri, own.tracking.experiment, run_key(own.run_name, stage.label(cfg)), stage.label(cfg),
+                       int(own[stage.section].train.steps)):
+        return stage.runner()(own)
 
 
 def showcase(cfg: DictConfig, model: str, out: Path, images: int = 6) -> str:
@@ -213,11 +187,11 @@ def _disconnect_ray() -> None:
         ray.shutdown()
 
 
-def summarize(records: dict[str, StageRecord], tracking_uri: str) -> dict[str, Any]:
+def summarize(records: dict[str, StageRecord], models: list[str], tracking_uri: str) -> dict[str, Any]:
     """results.json: each model's evaluation, pseudo-label quality, wall time and MLflow run id per stage."""
     quality = records["pseudolabel"].result.get("quality", {}).get("splits", {})
     return {
-        "models": {m: records[f"evaluate/{m}"].result["metrics"] for m in MODELS},
+        "models": {m: records[f"evaluate/{m}"].result["metrics"] for m in models},
         "pseudo_labels": {split: {k: quality[split].get(k) for k in ("precision", "recall", "instances")}
                           for split in ("base", "novel") if split in quality},
         "stages": {name: {"seconds": round(r.seconds, 1), "skipped": r.skipped,

@@ -115,6 +115,7 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
         unfinished = [f"{name} ({failures[name]})" if name in failures else name for name in totals["unfinished"]]
         raise XPLError(f"{len(unfinished)} of {len(shards)} shards are unfinished: {'; '.join(unfinished[:5])}; "
                        "run again with the same output to finish them")
+    print(f"[{STAGE}] {manifest.format_totals(totals)}", flush=True)
     return totals
 
 
@@ -128,6 +129,7 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
 
     from xpl.eval.pseudo_quality import format_report, quality_report
     from xpl.pseudo import manifest
+    from xpl.pseudo.choice import RegionChoice
     from xpl.pseudo.dataflow import Settings, run_shards
     from xpl.ray_cluster import connect, require_gpus
     from xpl.stages.common import stage_logging
@@ -140,7 +142,8 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
         if todo:
             from xpl.text import TextEncoder
 
-            embeddings = TextEncoder(cfg.text.model).embed(vocab.names).numpy()
+            embeddings = TextEncoder(cfg.text.model).embed(vocab.names)
+            choice = RegionChoice.from_config(pl, embeddings, cfg.model.logit_scale)
             connect()
             if pl.num_gpus_per_actor > 0:
                 require_gpus(f"pseudolabel.num_gpus_per_actor={pl.num_gpus_per_actor}")
@@ -148,7 +151,8 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
             timings: dict[str, float] = defaultdict(float)
             done = len(shards) - len(todo)
             for row in run_shards(todo, output=str(output), teacher=str(pl.teacher), vocab=vocab,
-                                  class_embeddings=embeddings, settings=Settings.from_config(pl)):
+                                  class_embeddings=embeddings.numpy(), choice=choice,
+                                  settings=Settings.from_config(pl)):
                 if row["failure"] is not None:
                     failures[row["shard"]] = row["failure"]
                     log.warning("shard %s failed, left for the next run: %s", row["shard"], row["failure"])
