@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xpl.model.robust import SigmaHead, instance_weights, robust_mask_loss
+from xpl.model.robust import MODES, SigmaHead, instance_weights, robust_mask_loss
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -23,7 +23,8 @@ def test_sigma_to_zero_with_one_sample_is_bce() -> None:
     for mode in ("expected_likelihood", "sampled_bce"):
         assert robust_mask_loss(mu, tiny, target, mode=mode, samples=1, generator=_gen()) == pytest.approx(
             bce.item(), abs=1e-6)
-    assert robust_mask_loss(mu, None, target, mode="plain") == pytest.approx(bce.item(), abs=1e-7)
+    assert robust_mask_loss(mu, None, target, mode="plain", samples=1) == pytest.approx(bce.item(), abs=1e-7)
+    assert [name for name, m in MODES.items() if m.uses_sigma] == ["expected_likelihood", "sampled_bce"]
 
 
 def test_expected_likelihood_known_value_with_fixed_noise() -> None:
@@ -31,7 +32,7 @@ def test_expected_likelihood_known_value_with_fixed_noise() -> None:
     eps = torch.randn((3, 1, 1, 1), generator=_gen(5))
     z = 0.5 + 2.0 * eps.flatten()
     expected = -math.log(torch.sigmoid(z).mean().item())
-    loss = robust_mask_loss(mu, log_var, target, samples=3, generator=_gen(5))
+    loss = robust_mask_loss(mu, log_var, target, mode="expected_likelihood", samples=3, generator=_gen(5))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -40,7 +41,8 @@ def test_gradient_on_a_misfit_pixel_shrinks_as_sigma_grows() -> None:
     for sigma in (0.25, 1.0, 2.0, 4.0):
         mu = torch.tensor([[[-2.0]]], requires_grad=True)
         log_var = torch.tensor([[[2 * math.log(sigma)]]])
-        robust_mask_loss(mu, log_var, torch.ones(1, 1, 1), samples=4000, generator=_gen(1)).backward()
+        robust_mask_loss(mu, log_var, torch.ones(1, 1, 1), mode="expected_likelihood", samples=4000,
+                         generator=_gen(1)).backward()
         grads.append(abs(mu.grad.item()))
     assert grads == sorted(grads, reverse=True) and grads[-1] < 0.5 * grads[0]
 
@@ -65,9 +67,9 @@ def test_instance_weights_known_values() -> None:
 
 def test_unknown_mode_and_missing_log_var_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown robust loss mode"):
-        robust_mask_loss(torch.zeros(1, 2, 2), None, torch.zeros(1, 2, 2), mode="bce")
+        robust_mask_loss(torch.zeros(1, 2, 2), None, torch.zeros(1, 2, 2), mode="bce", samples=1)
     with pytest.raises(ValueError, match="needs log_var"):
-        robust_mask_loss(torch.zeros(1, 2, 2), None, torch.zeros(1, 2, 2))
+        robust_mask_loss(torch.zeros(1, 2, 2), None, torch.zeros(1, 2, 2), mode="sampled_bce", samples=1)
 
 
 def _fit_flipped(mode: str, steps: int = 400) -> tuple[float, float]:

@@ -220,7 +220,7 @@ def test_sigma_head_learns_at_its_own_rate(tmp_path):
     detector = OpenVocabMaskRCNN(embed_dim=8, image_size=64)
     detector.set_class_embeddings(torch.nn.functional.normalize(torch.randn(3, 8), dim=1))
     detector.freeze(["v2l"])
-    student = RobustStudent(detector, base_labels=[1])
+    student = RobustStudent.from_config(load_config(SHAPES).student, detector, [1], ["a", "b", "c"])
     task = StudentTask(to_dict(load_config(SHAPES, [f"output_dir={tmp_path}", "student.sigma_lr_scale=10"])))
     rest, sigma = task.param_groups(student, 0.01)
     assert sigma["lr"] == pytest.approx(0.1) and rest["lr"] == 0.01

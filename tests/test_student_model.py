@@ -6,7 +6,10 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from presets import SHAPES
+from xpl.config import load_config
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.objectives import DetectionWithCaptions
 from xpl.model.student import RobustStudent
@@ -22,6 +25,12 @@ def _detector() -> OpenVocabMaskRCNN:
     return model
 
 
+def make_student(detector: OpenVocabMaskRCNN | None = None, **changes) -> RobustStudent:
+    """The student of the shapes preset's `student` section with `changes`, base classes 1 and 3."""
+    section = OmegaConf.merge(load_config(SHAPES).student, changes)
+    return RobustStudent.from_config(section, detector or _detector(), [1, 3], ["a", "b", "c", "d"])
+
+
 def _target(box: list[float], label: int, size: int = 64) -> dict[str, torch.Tensor]:
     masks = torch.zeros(1, size, size, dtype=torch.uint8)
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -31,7 +40,7 @@ def _target(box: list[float], label: int, size: int = 64) -> dict[str, torch.Ten
 
 def test_gt_branch_is_the_detector_over_base_classes_only() -> None:
     det = _detector()
-    student = RobustStudent(det, base_labels=[1, 3]).train()
+    student = make_student(det).train()
     image = torch.rand(3, 64, 64)
     torch.manual_seed(1)
     losses, _ = student([image], [_target([8, 8, 30, 30], 2)], [], [])  # 2 = the second base class
@@ -47,7 +56,7 @@ def test_gt_branch_is_the_detector_over_base_classes_only() -> None:
 
 def test_gt_all_classes_labels_base_objects_in_the_whole_vocabulary() -> None:
     det = _detector()
-    student = RobustStudent(det, base_labels=[1, 3], gt_all_classes=True).train()
+    student = make_student(det, gt_all_classes=True).train()
     image = torch.rand(3, 64, 64)
     target = _target([8, 8, 30, 30], 2)  # the second base class: label 3 of the vocabulary
     torch.manual_seed(1)
@@ -60,7 +69,7 @@ def test_gt_all_classes_labels_base_objects_in_the_whole_vocabulary() -> None:
     for name in expected:
         assert losses[name].item() == pytest.approx(expected[name].item(), rel=1e-5)
     assert student.detector.roi_heads.unannotated is None  # the pseudo branch and inference see every class
-    base_student = RobustStudent(_detector(), base_labels=[1, 3]).train()
+    base_student = make_student().train()
     torch.manual_seed(1)
     base_only, _ = base_student([image], [target], [], [])
     assert losses["loss_mask"].item() == pytest.approx(base_only["loss_mask"].item(), rel=1e-6)
@@ -69,13 +78,14 @@ def test_gt_all_classes_labels_base_objects_in_the_whole_vocabulary() -> None:
 
 def test_teacher_with_base_labels_classifies_annotated_images_like_the_student() -> None:
     image, target = torch.rand(3, 64, 64), _target([8, 8, 30, 30], 2)
-    student = RobustStudent(_detector(), base_labels=[1, 3], gt_all_classes=True).train()
+    student = make_student(gt_all_classes=True).train()
     torch.manual_seed(1)
     expected, _ = student([image], [target], [], [])
     det = _detector()
     vocabulary = det.class_embeddings.clone()
     det.set_class_embeddings(vocabulary[[0, 2]])  # the teacher's detector holds the base classes
-    teacher = DetectionWithCaptions(det, vocabulary, base_labels=[1, 3]).train()
+    teacher = DetectionWithCaptions(det, vocabulary, max_regions=32, tau=1.0, caption_label_weight=0.0,
+                                    grounding_weight=0.0, base_labels=[1, 3]).train()
     torch.manual_seed(1)
     losses = teacher([image], [target])
     for name in expected:
@@ -84,8 +94,7 @@ def test_teacher_with_base_labels_classifies_annotated_images_like_the_student()
 
 
 def test_pseudo_branch_trains_positives_only_and_sigma_head_freezes() -> None:
-    student = RobustStudent(_detector(), base_labels=[1, 3], samples=3, sigma_freeze_step=1,
-                            names=["a", "b", "c", "d"], track_corruption=True).train()
+    student = make_student(samples=3, sigma_freeze_step=1, corrupt={"share": 0.5}).train()
     image = torch.rand(3, 64, 64)
     target = {**_target([10, 10, 40, 40], 4), "corrupted": torch.tensor([True])}
     losses, stats = student([], [], [image], [target])
@@ -104,7 +113,7 @@ def test_pseudo_branch_trains_positives_only_and_sigma_head_freezes() -> None:
 
 
 def test_positives_are_rois_overlapping_a_pseudo_box() -> None:
-    student = RobustStudent(_detector(), base_labels=[1, 3])
+    student = make_student()
     proposals = [torch.tensor([[10.0, 10, 40, 40], [12, 12, 40, 40], [0, 0, 8, 8], [30, 30, 60, 60]])]
     boxes, index, labels = student._positives(proposals, [_target([10, 10, 40, 40], 2)])
     assert boxes[0].tolist() == [[10.0, 10, 40, 40], [12, 12, 40, 40], [10, 10, 40, 40]]  # 2 proposals + the box
@@ -116,8 +125,8 @@ def test_positives_are_rois_overlapping_a_pseudo_box() -> None:
 def test_release_student_samples_background_and_weights_each_image_by_its_mean_sigma() -> None:
     from xpl.model.robust import image_weights
 
-    student = RobustStudent(_detector(), base_labels=[1, 3], instance_weight="image", c=0.01, sigma0=2.0,
-                            pseudo_background=True, pseudo_box_loss=True).train()
+    student = make_student(instance_weight="image", c=0.01, sigma0=2.0, pseudo_background=True,
+                           pseudo_box_loss=True).train()
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
     targets = [_target([10, 10, 40, 40], 4), _target([5, 5, 30, 50], 2)]
     torch.manual_seed(3)
@@ -133,7 +142,7 @@ def test_release_student_samples_background_and_weights_each_image_by_its_mean_s
 
 
 def test_plain_mode_weights_every_instance_equally() -> None:
-    student = RobustStudent(_detector(), base_labels=[1, 3], mode="plain").train()
+    student = make_student(mode="plain").train()
     losses, stats = student([], [], [torch.rand(3, 64, 64)], [_target([5, 5, 50, 50], 3)])
     assert stats["instance_weight_std"] == 0.0
     assert torch.isfinite(losses["loss_pseudo_mask"])
@@ -142,7 +151,7 @@ def test_plain_mode_weights_every_instance_equally() -> None:
 def test_caption_labels_add_the_teachers_caption_label_loss_over_the_whole_vocabulary() -> None:
     from xpl.model.grounding import caption_label_loss
 
-    student = RobustStudent(_detector(), base_labels=[1, 3]).train()
+    student = make_student().train()
     image, named = torch.rand(3, 64, 64), torch.tensor([[0.0, 1.0, 0.0, 1.0]])  # the caption names classes 2, 4
     without, _ = student([], [], [image], [_target([10, 10, 40, 40], 2)])
     losses, _ = student([], [], [image], [_target([10, 10, 40, 40], 2)], named)

@@ -256,7 +256,7 @@ class StudentConfig:
     pseudo: str = "${pseudolabel.output}/shards"
     pseudo_batch_size: int = 1
     freeze: list[str] = field(default_factory=lambda: ["backbone", "rpn"])
-    mode: str = "expected_likelihood"  # expected_likelihood | sampled_bce | plain
+    mode: str = "expected_likelihood"  # a key of `xpl.model.robust.MODES`
     samples: int = 5
     instance_weight: str = "image"  # image | instance | none
     c: float = 0.01

@@ -81,10 +81,9 @@ def segment(inputs: str | Path, names: list[str], checkpoint: str | Path, out: s
 
     A single unreadable image is an XPLError; in a folder, unreadable images are listed under `bad_images`.
     """
-    from xpl.eval.open_vocab import set_class_names
     from xpl.model.checkpoint import load_model
     from xpl.pseudo.visualize import draw_instances
-    from xpl.text import TextEncoder
+    from xpl.text import text_encoder
 
     if not names:
         raise XPLError("segment: no class names given")
@@ -97,7 +96,7 @@ def segment(inputs: str | Path, names: list[str], checkpoint: str | Path, out: s
     model = load_model(checkpoint, map_location=device)
     # The model drops detections under its own box_score_thresh; a lower threshold asked for here wins.
     model.roi_heads.score_thresh = min(model.roi_heads.score_thresh, score_threshold)
-    set_class_names(model, TextEncoder(text_model or model.text_model), names)
+    model.set_class_names(text_encoder(text_model or model.text_model), names)
     out.mkdir(parents=True, exist_ok=True)
     stems = [p.stem for p in paths]
     images: list[dict[str, Any]] = []

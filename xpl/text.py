@@ -8,6 +8,7 @@ is downloaded.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -91,6 +92,12 @@ class TextEncoder:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         rows = self.table[torch.tensor(ids, dtype=torch.long)].reshape(len(ids), self.dim)
         return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@functools.lru_cache(maxsize=4)
+def text_encoder(model: str) -> TextEncoder:
+    """The `TextEncoder` of `model`, loaded once per process (the stages, their workers and the evaluation share it)."""
+    return TextEncoder(model)
 
 
 TOKENS = ("word_pieces", "content_words")

@@ -10,13 +10,13 @@ setting name `results` (how its classifier was built is not known).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import torch
 from pycocotools.coco import COCO
 
 from xpl.data.coco import CocoInstances
-from xpl.errors import DataError, XPLError
+from xpl.errors import DataError
 from xpl.eval.coco_eval import check_results, load_ground_truth, predict_masks, subset_metrics
 from xpl.jsonfile import read_json
 from xpl.text import TextEncoder
@@ -31,22 +31,6 @@ def split_ids(vocab: Vocabulary) -> dict[str, list[int]]:
     return {subset: [c.id for c in vocab.split(subset)] for subset in SUBSETS}
 
 
-def class_embeddings(model: torch.nn.Module, encoder: TextEncoder, names: Sequence[str]) -> torch.Tensor:
-    """[C, D] embeddings of `names` for `model`; XPLError when the text encoder's space is not the one the model
-    was trained in."""
-    embeddings = encoder.embed(list(names))
-    expected = model.v2l.embed_dim
-    if embeddings.shape[1] != expected:
-        raise XPLError(f"the model classifies in a {expected}-d text space but text.model={encoder.model} gives "
-                       f"{embeddings.shape[1]}-d embeddings: use the text encoder the model was trained with")
-    return embeddings
-
-
-def set_class_names(model: torch.nn.Module, encoder: TextEncoder, names: Sequence[str]) -> None:
-    """Make `names` the model's classes (labels 1..C in this order), checked as `class_embeddings` does."""
-    model.set_class_embeddings(class_embeddings(model, encoder, names))
-
-
 def _prefixed(setting: str, metrics: Mapping[str, Optional[float]]) -> dict[str, Optional[float]]:
     return {f"{setting}.{key}": value for key, value in metrics.items()}
 
@@ -59,7 +43,7 @@ def evaluate_model(model: torch.nn.Module, vocab: Vocabulary, encoder: TextEncod
     dataset = CocoInstances(gt_json, image_dir, category_ids=vocab.ids)
     subsets = split_ids(vocab)
     classifiers = {"all": subsets["all"], **{split: subsets[split] for split in ("base", "novel") if subsets[split]}}
-    vocabularies = {name: (ids, class_embeddings(model, encoder, [vocab.by_id(i).name for i in ids]))
+    vocabularies = {name: (ids, model.embed_names(encoder, [vocab.by_id(i).name for i in ids]))
                     for name, ids in classifiers.items()}
     results = predict_masks(model, dataset, vocabularies, batch_size=batch_size, device=device)
     metrics = _prefixed("generalized", subset_metrics(gt, results["all"], subsets))

@@ -52,13 +52,13 @@ def evaluate_pointing(model_path: str | Path, vocab_path: str | Path, val_json: 
     vocabulary, as `val_<metric>` (`last_map`: pooled as in caption pretraining; otherwise as the
     detector pools RoIs)."""
     from xpl.model.checkpoint import load_model
-    from xpl.text import TextEncoder
+    from xpl.text import text_encoder
     from xpl.vocab import Vocabulary
 
     vocab = Vocabulary.load(vocab_path)
     model = load_model(model_path)
     dataset = CocoInstances(val_json, val_images, category_ids=vocab.ids)
-    embeddings = TextEncoder(text_model).embed(vocab.names)
+    embeddings = text_encoder(text_model).embed(vocab.names)
     novel = {i + 1 for i, c in enumerate(vocab.categories) if c.split == "novel"}
     scores = pointing_accuracy(model, dataset, embeddings, novel, last_map=last_map)
     return {f"val_{k}": v for k, v in scores.items()}

@@ -145,8 +145,9 @@ def mirror_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
 class OpenVocabMaskRCNN(MaskRCNN):
     """Mask R-CNN whose classifier is V2L logits against class-name embeddings.
 
-    All arguments are plain keywords; `self.kwargs` records the ones that
-    rebuild this architecture (see `xpl.model.checkpoint`). Images are resized
+    All arguments are plain keywords (`from_config` maps the `model` config
+    section to them); `self.kwargs` records them to rebuild this architecture
+    (see `xpl.model.checkpoint`). Images are resized
     so the shorter side is `min_size` unless the longer side would exceed
     `max_size` (torchvision's rule; both default to `image_size`, which makes
     the longer side `image_size`; detection on COCO uses 800 / 1333). Box regression and masks are
@@ -178,6 +179,7 @@ class OpenVocabMaskRCNN(MaskRCNN):
         min_size: Optional[int] = None,
         max_size: Optional[int] = None,
     ) -> None:
+        arguments = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         norm = resolve_norm(backbone, pretrained_backbone, backbone_norm)
         body, anchors, box_pool = build_backbone(backbone, pretrained_path=pretrained_backbone, norm=norm)
         channels = body.out_channels
@@ -225,28 +227,9 @@ class OpenVocabMaskRCNN(MaskRCNN):
             mask_predictor=mask_predictor,
             bg_weight=bg_weight,
         )
-        # Weights come from the state dict when rebuilding, so no weights file.
-        self.kwargs: dict[str, Any] = dict(
-            embed_dim=embed_dim,
-            image_size=image_size,
-            backbone=backbone,
-            box_batch_size_per_image=box_batch_size_per_image,
-            box_positive_fraction=box_positive_fraction,
-            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-            detections_per_img=detections_per_img,
-            bg_weight=bg_weight,
-            box_score_thresh=box_score_thresh,
-            box_nms_thresh=box_nms_thresh,
-            representation_size=representation_size,
-            logit_scale=logit_scale,
-            pretrained_backbone=None,
-            backbone_norm=norm,
-            min_size=min_size,
-            max_size=max_size,
-        )
+        # The arguments that rebuild this architecture (`xpl.model.checkpoint`): the weights come from the state
+        # dict then, so no weights file, and the normalisation as resolved.
+        self.kwargs: dict[str, Any] = {**arguments, "pretrained_backbone": None, "backbone_norm": norm}
 
     @property
     def v2l(self) -> V2L:
@@ -271,6 +254,19 @@ class OpenVocabMaskRCNN(MaskRCNN):
             raise ValueError(f"class embeddings must be [C, {dim}], got {list(embeddings.shape)}")
         weight = self.v2l.proj.weight
         self.roi_heads.box_predictor.class_embeddings = embeddings.detach().to(weight.device, torch.float32)
+
+    def embed_names(self, encoder: Any, names: Sequence[str]) -> torch.Tensor:
+        """[C, D] embeddings of `names` by `encoder` (a `xpl.text.TextEncoder`); XPLError when the encoder's space
+        is not the one this model classifies in."""
+        embeddings = encoder.embed(list(names))
+        if embeddings.shape[1] != self.v2l.embed_dim:
+            raise XPLError(f"the model classifies in a {self.v2l.embed_dim}-d text space but text.model={encoder.model} "
+                           f"gives {embeddings.shape[1]}-d embeddings: use the text encoder the model was trained with")
+        return embeddings
+
+    def set_class_names(self, encoder: Any, names: Sequence[str]) -> None:
+        """Make `names` the classes (labels 1..C in this order), embedded by `encoder` (`embed_names`)."""
+        self.set_class_embeddings(self.embed_names(encoder, names))
 
     def freeze(self, parts: Sequence[str]) -> None:
         """Stop training the named parts (a stage's `freeze` list): their parameters get no gradient.
@@ -464,10 +460,10 @@ class OpenVocabMaskRCNN(MaskRCNN):
         `nms_thresh` over objectness, top `max_regions` kept. Embeddings and
         mask probabilities are computed on the refined boxes (pooled again).
         `masks=False` leaves the mask head to `masks_in` (for the few regions a
-        caller picks: the mask head on every candidate is 40 % of the call on the
-        shapes world's teacher). `flip` averages each region's embedding and mask
-        with those of its mirror image on the mirrored image (a flip test: one more
-        backbone pass; README, recipe log).
+        caller picks: the mask head on every candidate is a large share of the
+        call). `flip` averages each region's embedding and mask with those of its
+        mirror image on the mirrored image (a flip test: one more backbone pass;
+        docs/pseudo-labels.md).
         """
         if self.training:
             raise RuntimeError("regions() runs the test-time RPN: call model.eval() first")

@@ -3,7 +3,7 @@ losses (DDP and DeepSpeed see every trained parameter used inside `forward`)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
@@ -12,6 +12,12 @@ from xpl.model.grounding import caption_label_loss, grounding_loss
 
 # images, [B, T, D] caption tokens, [B, T] token mask, [B, C] vocabulary classes each caption names
 CaptionBatch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def weighted_total(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """The training loss: each named loss times its weight in `weights` (1 when not named there), summed. The
+    objectives own their weights (`.weights`), so the stages log each loss as computed and train on this."""
+    return sum(weights.get(name, 1.0) * value for name, value in losses.items())
 
 
 def whole_vocabulary_losses(detector: OpenVocabMaskRCNN, images: list[torch.Tensor],
@@ -39,6 +45,12 @@ class GridGrounding(torch.nn.Module):
     def __init__(self, detector: OpenVocabMaskRCNN, grid: int, max_cells: int) -> None:
         super().__init__()
         self.detector, self.grid, self.max_cells = detector, grid, max_cells
+        self.weights: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, pretrain: Any, detector: OpenVocabMaskRCNN) -> "GridGrounding":
+        """The objective of a `pretrain` config section."""
+        return cls(detector, int(pretrain.grid), int(pretrain.max_cells))
 
     def forward(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, N, D] V2L embeddings of sampled grid cells and their [B, N] validity."""
@@ -55,15 +67,28 @@ class DetectionWithCaptions(torch.nn.Module):
     `vocabulary`: [C, D] embeddings of every class (base and novel), in label order. `base_labels` (the
     vocabulary labels of the base classes, whose order the targets' labels 1..B follow): the annotated
     images classify over the whole vocabulary (`whole_vocabulary_losses`); None: over the detector's
-    current (base) classes only."""
+    current (base) classes only. `caption_label_weight` and `grounding_weight` weigh the two caption losses
+    (`weights`)."""
 
-    def __init__(self, detector: OpenVocabMaskRCNN, vocabulary: torch.Tensor, *, max_regions: int = 32,
-                 tau: float = 1.0, base_labels: Optional[Sequence[int]] = None) -> None:
+    def __init__(self, detector: OpenVocabMaskRCNN, vocabulary: torch.Tensor, *, max_regions: int, tau: float,
+                 caption_label_weight: float, grounding_weight: float,
+                 base_labels: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.detector, self.max_regions, self.tau = detector, max_regions, tau
+        self.weights = {"loss_caption_labels": caption_label_weight, "loss_grounding": grounding_weight}
         self.register_buffer("vocabulary", vocabulary.detach().float().clone(), persistent=False)
         self.register_buffer("base_labels", None if base_labels is None else torch.tensor(list(base_labels)),
                              persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: Any, detector: OpenVocabMaskRCNN, vocabulary: torch.Tensor,
+                    base_labels: Sequence[int]) -> "DetectionWithCaptions":
+        """The teacher's objective of a config (its `teacher` section; the grounding temperature is pretraining's)."""
+        teacher = cfg.teacher
+        return cls(detector, vocabulary, max_regions=int(teacher.caption_regions), tau=float(cfg.pretrain.tau),
+                   caption_label_weight=float(teacher.caption_label_weight),
+                   grounding_weight=float(teacher.grounding_weight),
+                   base_labels=base_labels if teacher.gt_all_classes else None)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
                 captions: Optional[CaptionBatch] = None) -> dict[str, torch.Tensor]:

@@ -17,13 +17,13 @@ classification loss by `lambda_r = c / stopgrad(mean_p sigma_rp)`: noisier masks
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("expected_likelihood", "sampled_bce", "plain")
 WEIGHTINGS = ("image", "instance", "none")
 
 
@@ -50,33 +50,67 @@ class SigmaHead(nn.Module):
         return log_var.clamp(self.min_log_var, self.max_log_var)
 
 
-def robust_mask_loss(mu: torch.Tensor, log_var: Optional[torch.Tensor], target: torch.Tensor, *,
-                     mode: str = "expected_likelihood", samples: int = 5,
+def _noisy_bce(mu: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor, samples: int,
+               generator: Optional[torch.Generator]) -> torch.Tensor:
+    """[T, R, M, M] BCE of the pseudo mask under T noisy logits `mu + sigma * eps_t`."""
+    sigma = torch.exp(0.5 * log_var.float())
+    eps = torch.randn((samples, *mu.shape), device=mu.device, generator=generator)
+    z = mu.unsqueeze(0) + sigma.unsqueeze(0) * eps
+    return F.binary_cross_entropy_with_logits(z, target.expand_as(z), reduction="none")
+
+
+def expected_likelihood_loss(mu: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor, samples: int,
+                             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """- mean log of the likelihood averaged over T samples (the paper's equation)."""
+    log_likelihood = torch.logsumexp(-_noisy_bce(mu, log_var, target, samples, generator), dim=0) - math.log(samples)
+    return -log_likelihood.mean()
+
+
+def sampled_bce_loss(mu: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor, samples: int,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Scalar mask loss over RoIs and pixels (see the module docstring), computed in fp32.
+    """The BCE averaged over T samples (the XPM release's code, with T = 1 there)."""
+    return _noisy_bce(mu, log_var, target, samples, generator).mean()
+
+
+def plain_bce_loss(mu: torch.Tensor, log_var: Optional[torch.Tensor], target: torch.Tensor, samples: int,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The ordinary BCE on `mu` (no noise model)."""
+    return F.binary_cross_entropy_with_logits(mu, target)
+
+
+@dataclass(frozen=True)
+class LossMode:
+    """A pseudo mask loss: its function of (mu, log_var, target, samples, generator), and whether it has a sigma
+    (which then also weighs the pseudo classification and box losses)."""
+
+    loss: Callable[..., torch.Tensor]
+    uses_sigma: bool
+
+
+MODES = {
+    "expected_likelihood": LossMode(expected_likelihood_loss, uses_sigma=True),
+    "sampled_bce": LossMode(sampled_bce_loss, uses_sigma=True),
+    "plain": LossMode(plain_bce_loss, uses_sigma=False),
+}
+
+
+def robust_mask_loss(mu: torch.Tensor, log_var: Optional[torch.Tensor], target: torch.Tensor, *,
+                     mode: str, samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Scalar mask loss of `MODES[mode]` over RoIs and pixels (see the module docstring), computed in fp32.
 
     Args:
-        mu: [R, M, M] mask logits. log_var: [R, M, M] log sigma^2 (unused by `plain`).
+        mu: [R, M, M] mask logits. log_var: [R, M, M] log sigma^2 (unused without sigma).
         target: [R, M, M] pseudo mask in {0, 1}. samples: T Monte-Carlo draws.
         generator: for the noise draws (tests); the noise lives on `mu`'s device.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown robust loss mode {mode!r}; choose one of {MODES}")
+        raise ValueError(f"unknown robust loss mode {mode!r}; choose one of {', '.join(MODES)}")
     mu, target = mu.float(), target.float()
     if mu.numel() == 0:
         return mu.sum() * 0.0
-    if mode == "plain":
-        return F.binary_cross_entropy_with_logits(mu, target)
-    if log_var is None:
+    if MODES[mode].uses_sigma and log_var is None:
         raise ValueError(f"mode {mode!r} needs log_var")
-    sigma = torch.exp(0.5 * log_var.float())
-    eps = torch.randn((samples, *mu.shape), device=mu.device, generator=generator)
-    z = mu.unsqueeze(0) + sigma.unsqueeze(0) * eps
-    bce = F.binary_cross_entropy_with_logits(z, target.expand_as(z), reduction="none")
-    if mode == "sampled_bce":
-        return bce.mean()
-    log_likelihood = torch.logsumexp(-bce, dim=0) - math.log(samples)
-    return -log_likelihood.mean()
+    return MODES[mode].loss(mu, log_var, target, samples, generator)
 
 
 def instance_weights(log_var: torch.Tensor, *, c: float = 1.0, min_weight: float = 0.1,

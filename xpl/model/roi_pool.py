@@ -1,4 +1,5 @@
-"""RoIAlign on CPU as a weighted gather of bilinear taps: torchvision's numbers, 3-4x faster to train.
+"""RoIAlign on CPU as a weighted gather of bilinear taps: torchvision's numbers, faster to train through
+(docs/benchmarks.md).
 
 torchvision's CPU `roi_align` backward recomputes every sample point's bilinear weights once per channel
 and adds them into the input gradient one value at a time; it is the largest single cost of a Mask

@@ -25,7 +25,7 @@ Pseudo branch (per caption image, boxes in its pixels):
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import caption_label_loss
 from xpl.model.objectives import whole_vocabulary_losses
-from xpl.model.robust import WEIGHTINGS, SigmaHead, image_weights, instance_weights, robust_mask_loss
+from xpl.model.robust import MODES, WEIGHTINGS, SigmaHead, image_weights, instance_weights, robust_mask_loss
 
 Targets = list[dict[str, torch.Tensor]]
 
@@ -45,20 +45,25 @@ class RobustStudent(torch.nn.Module):
     Args:
         detector: the student detector (weights from the teacher), class embeddings of the whole vocabulary.
         base_labels: the detector labels (1..C) of the base classes, in order; GT targets use 1..len(base_labels).
-        mode, samples, sigma0: the robust mask loss (`xpl.model.robust`).
+        mode, samples, sigma0: the robust mask loss (`xpl.model.robust.MODES`).
         instance_weight, c: how pseudo RoIs weigh in the classification and box losses, and the numerator
             of those weights. sigma_freeze_step: forward calls after which sigma stops learning.
         pseudo_background: background RoIs of caption images count in the classification loss.
+        pseudo_box_loss: the positives regress to their pseudo boxes.
+        gt_all_classes: the GT branch's annotated objects push down every other class, novel ones included.
+        caption_label_weight: the weight of `loss_caption_labels` (`weights`), on when a batch brings caption labels.
         names: the vocabulary's names (labels 1..C), for the per-class statistics.
         track_corruption: targets carry `corrupted` flags (the noise study); sigma is reported for both kinds.
-        gt_all_classes: the GT branch's annotated objects push down every other class, novel ones included.
+    `from_config` takes these from the `student` config section, whose keys they are.
     """
 
-    def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str = "expected_likelihood",
-                 samples: int = 5, instance_weight: str = "instance", c: float = 1.0, sigma0: float = 1.0,
-                 sigma_freeze_step: int = 10**9, pseudo_background: bool = False, pseudo_box_loss: bool = False,
-                 names: Optional[Sequence[str]] = None, track_corruption: bool = False,
-                 gt_all_classes: bool = False) -> None:
+    CONFIG_KEYS = ("mode", "samples", "instance_weight", "c", "sigma0", "sigma_freeze_step", "pseudo_background",
+                   "pseudo_box_loss", "gt_all_classes", "caption_label_weight")
+
+    def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str, samples: int,
+                 instance_weight: str, c: float, sigma0: float, sigma_freeze_step: int, pseudo_background: bool,
+                 pseudo_box_loss: bool, gt_all_classes: bool, caption_label_weight: float,
+                 names: Optional[Sequence[str]] = None, track_corruption: bool = False) -> None:
         super().__init__()
         self.detector = detector
         predictor = detector.roi_heads.mask_predictor
@@ -71,6 +76,8 @@ class RobustStudent(torch.nn.Module):
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self.register_buffer("base_labels", torch.tensor(base_labels), persistent=False)
         self.gt_all_classes = gt_all_classes
+        if mode not in MODES:
+            raise ValueError(f"unknown robust loss mode {mode!r}; choose one of {', '.join(MODES)}")
         if instance_weight not in WEIGHTINGS:
             raise ValueError(f"unknown instance weighting {instance_weight!r}; choose one of {WEIGHTINGS}")
         self.mode, self.samples, self.instance_weight, self.c = mode, samples, instance_weight, c
@@ -80,6 +87,14 @@ class RobustStudent(torch.nn.Module):
         if len(self.names) != all_embeddings.shape[0]:
             raise ValueError(f"{len(self.names)} names for {all_embeddings.shape[0]} class embeddings")
         self.track_corruption = track_corruption
+        self.weights = {"loss_caption_labels": caption_label_weight}
+
+    @classmethod
+    def from_config(cls, student: Any, detector: OpenVocabMaskRCNN, base_labels: list[int],
+                    names: Sequence[str]) -> "RobustStudent":
+        """The student of a `student` config section (the noise study's `corrupt.share` > 0 tracks corruption)."""
+        return cls(detector, base_labels, names=names, track_corruption=student.corrupt.share > 0,
+                   **{key: student[key] for key in cls.CONFIG_KEYS})
 
     def _use_classes(self, embeddings: torch.Tensor) -> None:
         self.detector.roi_heads.box_predictor.class_embeddings = embeddings
@@ -88,7 +103,7 @@ class RobustStudent(torch.nn.Module):
                 pseudo_targets: Targets, caption_labels: Optional[torch.Tensor] = None,
                 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """`caption_labels` ([B, C] in {0, 1}: the classes each pseudo image's caption names) adds
-        `loss_caption_labels` over the pseudo images' candidate regions (unweighted: the caller weighs it)."""
+        `loss_caption_labels` over the pseudo images' candidate regions (unweighted: `weights` has its weight)."""
         losses: dict[str, torch.Tensor] = {}
         if gt_images:
             losses.update(self._gt_branch(gt_images, gt_targets))
@@ -142,7 +157,7 @@ class RobustStudent(torch.nn.Module):
         1 everywhere when the mask loss has no sigma (`plain`)."""
         labels_all = torch.cat(labels)
         weights = torch.ones(len(labels_all), device=labels_all.device)
-        if self.mode == "plain" or self.instance_weight == "none":
+        if not MODES[self.mode].uses_sigma or self.instance_weight == "none":
             return weights
         positive = labels_all > 0
         if self.instance_weight == "instance":

@@ -22,8 +22,8 @@ output shard + manifest; the reader ends every shard with an "end" row that carr
 so the driver can assemble a shard as soon as all its rows (which may arrive in any order, from any
 writer, interleaved with other shards) have been written. The pipeline streams: memory is bounded by
 Ray Data's per-operator budgets, and only one small row per part reaches the driver. Writers are a
-pool of `num_writers` actors (each pastes, encodes and writes at a few ms per image: one keeps up with
-a few hundred images/s), pinned to the driver's node, which assembles their parts from its local disk:
+pool of `num_writers` actors (each pastes, encodes and writes; docs/benchmarks.md has their cost),
+pinned to the driver's node, which assembles their parts from its local disk:
 a local output folder works on a cluster as long as the driver's node can hold it.
 """
 

@@ -102,13 +102,13 @@ def evaluate_base(cfg: DictConfig, model_path: Path) -> dict[str, Optional[float
     """Constrained base-class mask AP of an exported model (teacher or student) on the val split."""
     from xpl.eval.coco_eval import mask_ap, predict_masks
     from xpl.model.checkpoint import load_model
-    from xpl.text import TextEncoder
+    from xpl.text import text_encoder
 
     base, names = base_categories(cfg)
     model = load_model(model_path)
     dataset = CocoInstances(cfg.data.val_json, cfg.data.val_images, category_ids=base)
-    results = predict_masks(model, dataset, {"base": (base, TextEncoder(cfg.text.model).embed(names))})["base"]
-    scores = mask_ap(cfg.data.val_json, results, base)
+    results = predict_masks(model, dataset, {"base": (base, model.embed_names(text_encoder(cfg.text.model), names))})
+    scores = mask_ap(cfg.data.val_json, results["base"], base)
     return {f"val_base_mask_{k}": v for k, v in scores.items()}
 
 

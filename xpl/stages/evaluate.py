@@ -31,12 +31,12 @@ def evaluation_name(checkpoint: Optional[str | Path], predictions: Optional[str 
 
 def _evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, vocab_path: str) -> dict[str, Optional[float]]:
     from xpl.model.checkpoint import load_model
-    from xpl.text import TextEncoder
+    from xpl.text import text_encoder
     from xpl.vocab import Vocabulary
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(checkpoint, map_location=device)
-    return evaluate_model(model, Vocabulary.load(vocab_path), TextEncoder(cfg.text.model), cfg.data.val_json,
+    return evaluate_model(model, Vocabulary.load(vocab_path), text_encoder(cfg.text.model), cfg.data.val_json,
                           cfg.data.val_images, device=device)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +17,7 @@ from xpl.model.grounding import grounding_loss
 from xpl.model.objectives import GridGrounding
 from xpl.stages.common import (ConfigTask, evaluate_grounding, log_stage_summary, stage_dir,
                                train_settings, warn_untrained_backbone)
-from xpl.text import TextEncoder, caption_tokens
+from xpl.text import caption_tokens, text_encoder
 from xpl.train.engine import fit
 
 STAGE = "pretrain"
@@ -29,24 +29,19 @@ class PretrainTask(ConfigTask):
 
     stage: str = STAGE
     unused_parameters: bool = True
-    _encoder: TextEncoder | None = field(default=None, repr=False)
-
-    def encoder(self) -> TextEncoder:
-        if self._encoder is None:
-            self._encoder = TextEncoder(self.cfg.text.model)
-        return self._encoder
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        return GridGrounding(OpenVocabMaskRCNN.from_config(cfg.model, self.encoder().dim), cfg.pretrain.grid, cfg.pretrain.max_cells)
+        detector = OpenVocabMaskRCNN.from_config(cfg.model, text_encoder(cfg.text.model).dim)
+        return GridGrounding.from_config(cfg.pretrain, detector)
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg = self.cfg
         for batch in caption_batches(cfg.data.captions, cfg.pretrain.train.batch_size, rank=rank,
                                      world_size=world_size, image_size=cfg.data.image_size, start_step=start_step,
                                      seed=cfg.pretrain.train.seed):
-            tokens, mask = caption_tokens(self.encoder(), [s["caption"] for s in batch], cfg.pretrain.max_words,
-                                          cfg.pretrain.tokens)
+            tokens, mask = caption_tokens(text_encoder(cfg.text.model), [s["caption"] for s in batch],
+                                          cfg.pretrain.max_words, cfg.pretrain.tokens)
             yield [s["image"] for s in batch], tokens, mask
 
     def loss(self, model: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float], int]:

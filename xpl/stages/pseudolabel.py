@@ -140,9 +140,9 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
     with stage_logging(cfg, STAGE, _params(cfg, len(shards), len(vocab))):
         run = {"shards": len(todo), "samples": 0, "seconds": 0.0, "images_per_s": 0.0, "ms_per_image": {}}
         if todo:
-            from xpl.text import TextEncoder
+            from xpl.text import text_encoder
 
-            embeddings = TextEncoder(cfg.text.model).embed(vocab.names)
+            embeddings = text_encoder(cfg.text.model).embed(vocab.names)
             choice = RegionChoice.from_config(pl, embeddings, cfg.model.logit_scale)
             connect()
             if pl.num_gpus_per_actor > 0:

@@ -26,10 +26,11 @@ from xpl.data.pseudo_sample import PseudoTargets
 from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import DataError, XPLError
 from xpl.model.checkpoint import export_model, load_model
+from xpl.model.objectives import weighted_total
 from xpl.model.robust import MODES, WEIGHTINGS
 from xpl.model.student import RobustStudent
 from xpl.stages.common import BaseImagesTask, evaluate_base, log_stage_summary, stage_dir, train_settings
-from xpl.text import TextEncoder
+from xpl.text import text_encoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
 
@@ -67,13 +68,9 @@ class StudentTask(BaseImagesTask):
         cfg, st = self.cfg, self.cfg.student
         vocab = Vocabulary.load(cfg.data.vocab)
         detector = load_model(st.init)
-        detector.set_class_embeddings(TextEncoder(cfg.text.model).embed(vocab.names))
+        detector.set_class_names(text_encoder(cfg.text.model), vocab.names)
         detector.freeze(st.freeze)
-        return RobustStudent(detector, vocab.labels("base"), mode=st.mode, samples=st.samples,
-                             instance_weight=st.instance_weight, c=st.c, sigma0=st.sigma0,
-                             sigma_freeze_step=st.sigma_freeze_step, pseudo_background=st.pseudo_background,
-                             pseudo_box_loss=st.pseudo_box_loss, names=vocab.names,
-                             track_corruption=st.corrupt.share > 0, gt_all_classes=st.gt_all_classes).train()
+        return RobustStudent.from_config(st, detector, vocab.labels("base"), vocab.names).train()
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg, st, data = self.cfg, self.cfg.student, self.dataset()
@@ -96,9 +93,8 @@ class StudentTask(BaseImagesTask):
 
         gt, pseudo, named = batch
         losses, stats = model(*moved(gt), *moved(pseudo), None if named is None else named.to(device))
-        weights = {"loss_caption_labels": self.cfg.student.caption_label_weight}
-        total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
-        return total, {**{k: float(v.item()) for k, v in losses.items()}, **stats}, len(gt) + len(pseudo)
+        parts = {**{k: float(v.item()) for k, v in losses.items()}, **stats}
+        return weighted_total(losses, model.module.weights), parts, len(gt) + len(pseudo)
 
     def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
         """The sigma head learns at `student.sigma_lr_scale` times the detector's rate: one shared 1x1 conv

@@ -1,14 +1,15 @@
-"""Stage 2: the teacher, a Mask R-CNN on base classes with masks; V2L from pretraining, frozen.
+"""Stage 2: the teacher, a Mask R-CNN on base classes with masks, from pretraining; the parts in `teacher.freeze`
+(the paper: stem, res2 and V2L) do not train.
 
 With `teacher.caption_label_weight` or `teacher.grounding_weight` > 0 each step also learns from a
 batch of caption images, over the teacher's candidate regions (`xpl.model.objectives.
 DetectionWithCaptions`): the classes a caption names, novel ones included, must be found in its image,
-so the regions pseudo-labeling picks from point at the objects captions name (measured in the README).
+so the regions pseudo-labeling picks from point at the objects captions name (docs/pseudo-labels.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -20,10 +21,10 @@ from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import XPLError
 from xpl.model.checkpoint import export_model, load_pretrained_parts
 from xpl.model.detector import OpenVocabMaskRCNN
-from xpl.model.objectives import DetectionWithCaptions
+from xpl.model.objectives import DetectionWithCaptions, weighted_total
 from xpl.stages.common import (BaseImagesTask, base_categories, evaluate_base, evaluate_grounding,
                                log_stage_summary, stage_dir, train_settings, warn_untrained_backbone)
-from xpl.text import TextEncoder, caption_tokens
+from xpl.text import caption_tokens, text_encoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
 
@@ -39,12 +40,6 @@ class TeacherTask(BaseImagesTask):
 
     stage: str = STAGE
     unused_parameters: bool = False
-    _encoder: TextEncoder | None = field(default=None, repr=False)
-
-    def encoder(self) -> TextEncoder:
-        if self._encoder is None:
-            self._encoder = TextEncoder(self.cfg.text.model)
-        return self._encoder
 
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.load(self.cfg.data.vocab)
@@ -55,15 +50,15 @@ class TeacherTask(BaseImagesTask):
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        model = OpenVocabMaskRCNN.from_config(cfg.model, self.encoder().dim)
+        encoder = text_encoder(cfg.text.model)
+        model = OpenVocabMaskRCNN.from_config(cfg.model, encoder.dim)
         if cfg.teacher.init:
             load_pretrained_parts(model, cfg.teacher.init, allow_missing=FRESH_PARTS)
-        model.set_class_embeddings(self.encoder().embed(base_categories(cfg)[1]))
+        model.set_class_names(encoder, base_categories(cfg)[1])
         model.freeze(cfg.teacher.freeze)
         vocab = self.vocabulary()
-        return DetectionWithCaptions(model, self.encoder().embed(vocab.names), max_regions=cfg.teacher.caption_regions,
-                                     tau=cfg.pretrain.tau,
-                                     base_labels=vocab.labels("base") if cfg.teacher.gt_all_classes else None)
+        return DetectionWithCaptions.from_config(cfg, model, model.embed_names(encoder, vocab.names),
+                                                 vocab.labels("base"))
 
     def batches(self, rank: int, world_size: int, start_step: int) -> Iterator[Any]:
         cfg, data = self.cfg, self.dataset()
@@ -79,7 +74,8 @@ class TeacherTask(BaseImagesTask):
             if captions is not None:
                 samples = next(captions)
                 texts = [s["caption"] for s in samples]
-                tokens, mask = caption_tokens(self.encoder(), texts, cfg.pretrain.max_words, cfg.pretrain.tokens)
+                tokens, mask = caption_tokens(text_encoder(cfg.text.model), texts, cfg.pretrain.max_words,
+                                              cfg.pretrain.tokens)
                 labels = torch.tensor([vocab.named(t) for t in texts], dtype=torch.float32)
                 caption_batch = ([s["image"] for s in samples], tokens, mask, labels)
             yield [data[i] for i in indices], caption_batch
@@ -92,10 +88,7 @@ class TeacherTask(BaseImagesTask):
             caption_images, *tensors = caption_batch
             caption_batch = ([img.to(device) for img in caption_images], *(t.to(device) for t in tensors))
         losses = model(images, targets, caption_batch)
-        teacher = self.cfg.teacher
-        weights = {"loss_caption_labels": teacher.caption_label_weight, "loss_grounding": teacher.grounding_weight}
-        total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
-        return total, {k: float(v.item()) for k, v in losses.items()}, len(images)
+        return weighted_total(losses, model.module.weights), {k: float(v.item()) for k, v in losses.items()}, len(images)
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
         export_model(model.detector, path, text_model=self.cfg.text.model)
