@@ -42,3 +42,16 @@ def test_share_and_seed_decide_which_instances() -> None:
     assert all((o != m).any() for o, m, f in zip(out, masks, flags) if f)
     assert corrupt_instances(masks, "000000017", share=0.0, kinds=KINDS)[1] == [False] * 40
     assert corrupt_instances(masks, "000000018", share=0.5, kinds=KINDS, seed=3)[1] != flags
+
+
+def test_a_class_systematic_corruption_hits_its_class_at_its_own_share() -> None:
+    from xpl.data.corrupt import Corruption
+
+    masks = [_square(2 * (i % 15), 3 * (i % 10), 10) for i in range(40)]
+    classes = [7 if i % 2 else 3 for i in range(40)]
+    same = corrupt_instances(masks, "k", share=[0.5] * 40, kinds=KINDS, seed=3)[1]
+    assert same == corrupt_instances(masks, "k", share=0.5, kinds=KINDS, seed=3)[1]  # one share or one per mask
+    corrupt = Corruption(0.0, {7: 1.0}, KINDS, 3)
+    assert corrupt.active and not Corruption(0.0, {7: 0.0}, KINDS, 3).active
+    flags = corrupt(masks, "k", classes)[1]
+    assert flags == [c == 7 for c in classes]

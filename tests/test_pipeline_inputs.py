@@ -92,3 +92,6 @@ def test_results_table_shows_every_model_and_missing_values():
     table = results_markdown(results)
     assert "| teacher | 40.0 / 20.0 | n/a / n/a |" in table and "| student | n/a / n/a |" in table
     assert "| novel | 50.0 % | 25.0 % | 10 |" in table and "| teacher | 12 (earlier run) | abc |" in table
+    assert "sigma" not in table  # no student with a sigma
+    results["sigma"] = {"student": {"novel": {"auroc": 0.8123, "spearman": -0.41, "wrong_share": 0.2}}}
+    assert "| student | novel | 0.812 | -0.410 | 20.0 % |" in results_markdown(results)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xpl.model.robust import MODES, SigmaHead, instance_weights, robust_mask_loss
+from xpl.model.robust import MODES, SigmaHead, expected_likelihood_loss, instance_weights, robust_mask_loss
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -102,3 +102,24 @@ def test_learned_sigma_is_larger_on_flipped_pixels_only_with_the_expected_likeli
     # learns nothing about which labels are wrong.
     noisy_bce, clean_bce = _fit_flipped("sampled_bce")
     assert noisy_bce < 1.0 and clean_bce < 1.0 and noisy_bce < 1.5 * clean_bce
+
+
+def test_sigma_head_reads_the_logits_and_the_pseudo_mask_and_starts_at_sigma0() -> None:
+    torch.manual_seed(0)
+    head = SigmaHead(4, sigma0=2.0, inputs=("features", "logits", "pseudo_mask"), hidden=8, instance=True)
+    features, mu, label = torch.randn(3, 4, 5, 5), torch.randn(3, 5, 5, requires_grad=True), torch.ones(3, 5, 5)
+    log_var = head(features, mu, label)
+    assert torch.allclose(log_var, torch.full((3, 5, 5), 2 * math.log(2.0)))
+    expected_likelihood_loss(mu, log_var, label, 2, generator=_gen()).backward()
+    assert head.conv.weight.grad.abs().sum() > 0 and mu.grad is not None  # sigma learns; mu's gradient is the loss's
+    with torch.no_grad():  # a known head: log sigma^2 = the margin by which mu disagrees with the label
+        head.hidden[0].weight.zero_(), head.hidden[0].bias.zero_(), head.conv.weight.zero_(), head.conv.bias.zero_()
+        head.instance.weight.zero_()
+        head.hidden[0].weight[0, 4] = -1.0  # channel 4 is mu (after the 4 features): relu(-mu)
+        head.conv.weight[0, 0] = 1.0
+    out = head(torch.zeros(3, 4, 1, 2), torch.tensor([-2.0, 3.0]).view(1, 1, 2).expand(3, 1, 2), torch.ones(3, 1, 2))
+    assert out[0].tolist() == [[2.0, 0.0]]
+    with pytest.raises(ValueError, match="reads \\['pseudo_mask'\\]"):
+        head(features, mu)
+    with pytest.raises(ValueError, match="needs a hidden layer"):
+        SigmaHead(4, instance=True)

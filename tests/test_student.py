@@ -91,25 +91,26 @@ def test_decode_pseudo_scales_boxes_and_masks_and_names_bad_fields():
 
 
 def test_targets_map_vocabulary_ids_to_labels_and_corrupt_a_seeded_share():
-    from omegaconf import OmegaConf
-
+    from xpl.data.corrupt import Corruption
     from xpl.data.pseudo_sample import PseudoTargets
     from xpl.stages.student import pseudo_target
 
     masks = np.zeros((3, 16, 16), dtype=bool)
     masks[:, 4:12, 4:12] = True
     pseudo = PseudoTargets([17, 3, 17], np.array([[4, 4, 12, 12]] * 3, dtype=np.float32), masks)
-    off = OmegaConf.create({"share": 0.0, "kinds": ["dilate"], "seed": 0})
+    off = Corruption(0.0, {}, ("dilate",), 0)
     target = pseudo_target(pseudo, "k", {3: 1, 17: 2}, off)
     assert target["labels"].tolist() == [2, 1, 2] and "corrupted" not in target
     assert target["masks"].dtype == torch.uint8 and torch.equal(target["masks"].bool(), torch.from_numpy(masks))
-    on = OmegaConf.create({"share": 1.0, "kinds": ["dilate"], "seed": 0})
+    on = Corruption(1.0, {}, ("dilate",), 0)
     corrupted = pseudo_target(pseudo, "k", {3: 1, 17: 2}, on)
     assert corrupted["corrupted"].tolist() == [True, True, True]
     assert (corrupted["masks"].sum(dim=(1, 2)) > target["masks"].sum(dim=(1, 2))).all()
     assert torch.equal(pseudo_target(pseudo, "k", {3: 1, 17: 2}, on)["masks"], corrupted["masks"])  # seeded
     with pytest.raises(DataError, match=r"sample k: pseudo.json category ids \[17\]"):
         pseudo_target(pseudo, "k", {3: 1}, off)
+    only_17 = Corruption(0.0, {17: 1.0}, ("dilate",), 0)  # one class corrupted, the others left alone
+    assert pseudo_target(pseudo, "k", {3: 1, 17: 2}, only_17)["corrupted"].tolist() == [True, False, True]
 
 
 def student_config(world: Path, shards: Path, teacher: Path, tmp: Path, *overrides: str):
@@ -151,6 +152,11 @@ def test_student_trains_logs_and_exports_a_working_model(shapes_world, pseudo_sh
     shares = [v for k, v in metrics.items() if k.startswith("share.")]
     assert len(shares) == 12 and sum(shares) == pytest.approx(1.0)
     assert "sigma_corrupted" in metrics or "sigma_clean" in metrics
+    sigma = result["sigma_report"]  # the trained student's sigma judged on its (corrupted) pseudo labels against the truth
+    assert sigma["skipped"] == {"no_pseudo_or_truth": 1, "bad_pseudo": 1, "no_instances": 1}  # bad.tar's samples
+    assert sigma["splits"]["all"]["instances"] > 0 and 0 < sigma["splits"]["all"]["wrong_share"] < 1
+    assert 0 <= sigma["splits"]["all"]["auroc"] <= 1 and metrics["sigma.all.auroc"] == sigma["splits"]["all"]["auroc"]
+    assert "robust/sigma_by_class.png" in {f.path for f in client.list_artifacts(found[0].info.run_id, "robust")}
     model = load_model(result["model"])
     assert model.class_embeddings.shape[0] == 12  # the whole vocabulary
     regions = model.regions([torch.rand(3, 64, 64)])

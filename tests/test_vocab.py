@@ -126,3 +126,9 @@ def test_bad_vocabulary_files_name_the_problem(tmp_path, content, message):
     assert message in str(err.value)
     if content is not None and "duplicate" not in message:
         assert str(path) in str(err.value)
+
+
+def test_categories_by_name_and_an_unknown_name_listing_the_names(vocab):
+    assert vocab.by_name("hot dog").id == 2 and vocab.by_name("moon").split == "novel"
+    with pytest.raises(DataError, match="no class 'unicorn' in the vocabulary"):
+        vocab.by_name("unicorn")

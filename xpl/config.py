@@ -230,6 +230,7 @@ class CorruptConfig:
     """The noise study: corrupt a seeded share of the pseudo masks the student reads (`xpl.data.corrupt`)."""
 
     share: float = 0.0  # share of pseudo instances corrupted; 0: off
+    classes: dict[str, float] = field(default_factory=dict)  # class name -> its own share (class-systematic noise)
     kinds: list[str] = field(default_factory=lambda: ["dilate", "erode", "shift", "drop", "swap"])
     seed: int = 0
 
@@ -244,7 +245,8 @@ class StudentConfig:
     `pseudo_background` the detector's sampler adds background RoIs to the classification loss, without
     it only positives count (unnamed objects are not background). `mode` is the pseudo mask loss
     (`xpl.model.robust`), `samples` its Monte-Carlo samples T; the sigma head starts near `sigma0` and
-    stops learning after `sigma_freeze_step` steps. `instance_weight`: the pseudo classification (and box)
+    stops learning after `sigma_freeze_step` steps; `sigma_inputs`, `sigma_hidden` and `sigma_instance` say what
+    it reads and its shape. `instance_weight`: the pseudo classification (and box)
     losses are weighted by `c / stopgrad(mean sigma)`, per `image` (over its positive RoIs' pixels, the
     release's lambda) or per `instance` (normalised to mean 1), or `none`.
     """
@@ -261,8 +263,14 @@ class StudentConfig:
     instance_weight: str = "image"  # image | instance | none
     c: float = 0.01
     sigma0: float = 1.6487212707  # exp(0.5): the release's sigma head bias 1 on log sigma^2
+    # What the sigma head reads (features, logits, pseudo_mask), its hidden width (0: the paper's 1x1 conv) and
+    # a per-instance term (`xpl.model.robust.SigmaHead`)
+    sigma_inputs: list[str] = field(default_factory=lambda: ["features"])
+    sigma_hidden: int = 0
+    sigma_instance: bool = False
     sigma_lr_scale: float = 1.0  # the sigma head's learning rate over the detector's
     sigma_freeze_step: int = 10_000
+    sigma_samples: int = 300  # pseudo-labeled samples whose sigma is judged against truth, where shards carry it
     pseudo_background: bool = True
     pseudo_box_loss: bool = True
     gt_all_classes: bool = False  # as `teacher.gt_all_classes`, for the GT branch

@@ -108,6 +108,13 @@ class Vocabulary:
     def by_id(self, category_id: int) -> Category:
         return self._by_id[category_id]
 
+    def by_name(self, name: str) -> Category:
+        """The category named `name`; DataError listing the names when there is none."""
+        found = next((c for c in self.categories if c.name == name), None)
+        if found is None:
+            raise DataError(f"no class {name!r} in the vocabulary ({', '.join(self.names)})")
+        return found
+
     def match(self, text: str) -> list[Mention]:
         """Category mentions in `text`, left to right, each the longest phrase starting at its word."""
         tokens = tokenize(text)

@@ -1,6 +1,7 @@
 """Controlled, seeded corruption of pseudo masks, for the noise study (`student.corrupt`).
 
-A chosen share of a sample's instances gets one corruption each, the kind drawn from `kinds`:
+A chosen share of a sample's instances gets one corruption each (the share may differ by class: a class-
+systematic corruption), the kind drawn from `kinds`:
 - dilate / erode: grow or shrink the mask by about 15 % of its box's shorter side;
 - shift: move it by about 30 % of its box size in a random direction;
 - drop: remove the part of it on one side of a random line through its centre;
@@ -12,7 +13,8 @@ same instances the same way.
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -69,14 +71,15 @@ def corrupt_mask(mask: np.ndarray, kind: str, rng: np.random.Generator,
     return mask & ~side
 
 
-def corrupt_instances(masks: Sequence[np.ndarray], key: str, *, share: float, kinds: Sequence[str],
+def corrupt_instances(masks: Sequence[np.ndarray], key: str, *, share: float | Sequence[float], kinds: Sequence[str],
                       seed: int = 0) -> tuple[list[np.ndarray], list[bool]]:
-    """Corrupt about `share` of a sample's masks, seeded by (`seed`, `key`); return the masks (corrupted
-    or unchanged) and which were corrupted."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"corruption share must be in [0, 1], got {share}")
+    """Corrupt about `share` of a sample's masks (one share, or one per mask), seeded by (`seed`, `key`); return
+    the masks (corrupted or unchanged) and which were corrupted."""
+    shares = np.broadcast_to(np.asarray(share, dtype=float), (len(masks),))
+    if ((shares < 0) | (shares > 1)).any():
+        raise ValueError(f"corruption shares must be in [0, 1], got {share}")
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    chosen = rng.random(len(masks)) < share
+    chosen = rng.random(len(masks)) < shares
     out, flags = [], []
     for i, (mask, pick) in enumerate(zip(masks, chosen)):
         if not pick:
@@ -88,3 +91,33 @@ def corrupt_instances(masks: Sequence[np.ndarray], key: str, *, share: float, ki
         out.append(corrupt_mask(mask, kind, rng, others))
         flags.append(True)
     return out, flags
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """The noise study's corruption of a run (`student.corrupt`): `share` of every class's instances, or the share
+    `classes` gives a class (by vocabulary id), of `kinds`, seeded by `seed`."""
+
+    share: float
+    classes: Mapping[int, float]
+    kinds: tuple[str, ...]
+    seed: int
+
+    @classmethod
+    def from_config(cls, corrupt: Any, ids_by_name: Mapping[str, int]) -> "Corruption":
+        """From a `student.corrupt` section, its class names turned into vocabulary ids (an unknown one is an error)."""
+        unknown = sorted(set(corrupt.classes) - set(ids_by_name))
+        if unknown:
+            raise ValueError(f"student.corrupt.classes: {unknown} are not vocabulary classes")
+        return cls(float(corrupt.share), {ids_by_name[n]: float(v) for n, v in corrupt.classes.items()},
+                   tuple(corrupt.kinds), int(corrupt.seed))
+
+    @property
+    def active(self) -> bool:
+        return self.share > 0 or any(v > 0 for v in self.classes.values())
+
+    def __call__(self, masks: Sequence[np.ndarray], key: str,
+                 category_ids: Sequence[int]) -> tuple[list[np.ndarray], list[bool]]:
+        """A sample's masks, corrupted as configured, and which were (`corrupt_instances`)."""
+        shares = [self.classes.get(c, self.share) for c in category_ids]
+        return corrupt_instances(masks, key, share=shares, kinds=self.kinds, seed=self.seed)

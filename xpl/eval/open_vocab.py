@@ -10,7 +10,7 @@ setting name `results` (how its classifier was built is not known).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 from pycocotools.coco import COCO
@@ -36,9 +36,10 @@ def _prefixed(setting: str, metrics: Mapping[str, Optional[float]]) -> dict[str,
 
 
 def evaluate_model(model: torch.nn.Module, vocab: Vocabulary, encoder: TextEncoder, gt_json: str | Path,
-                   image_dir: str | Path, *, batch_size: int = 8,
-                   device: str | torch.device = "cpu") -> dict[str, Optional[float]]:
-    """Generalized (base, novel, all) and constrained (base, novel) mask and box AP of `model` on a COCO split."""
+                   image_dir: str | Path, *, batch_size: int = 8, device: str | torch.device = "cpu",
+                   classes: Sequence[str] = ()) -> dict[str, Optional[float]]:
+    """Generalized (base, novel, all, and each of `classes` by name) and constrained (base, novel) mask and box AP
+    of `model` on a COCO split."""
     gt = load_ground_truth(gt_json)
     dataset = CocoInstances(gt_json, image_dir, category_ids=vocab.ids)
     subsets = split_ids(vocab)
@@ -46,7 +47,8 @@ def evaluate_model(model: torch.nn.Module, vocab: Vocabulary, encoder: TextEncod
     vocabularies = {name: (ids, model.embed_names(encoder, [vocab.by_id(i).name for i in ids]))
                     for name, ids in classifiers.items()}
     results = predict_masks(model, dataset, vocabularies, batch_size=batch_size, device=device)
-    metrics = _prefixed("generalized", subset_metrics(gt, results["all"], subsets))
+    named = {name: [vocab.by_name(name).id] for name in classes}
+    metrics = _prefixed("generalized", subset_metrics(gt, results["all"], {**subsets, **named}))
     for split in ("base", "novel"):
         metrics |= _prefixed("constrained", subset_metrics(gt, results.get(split, []), {split: subsets[split]}))
     return metrics

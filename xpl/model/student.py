@@ -45,7 +45,8 @@ class RobustStudent(torch.nn.Module):
     Args:
         detector: the student detector (weights from the teacher), class embeddings of the whole vocabulary.
         base_labels: the detector labels (1..C) of the base classes, in order; GT targets use 1..len(base_labels).
-        mode, samples, sigma0: the robust mask loss (`xpl.model.robust.MODES`).
+        mode, samples, sigma0: the robust mask loss (`xpl.model.robust.MODES`); sigma_inputs, sigma_hidden,
+            sigma_instance: what the sigma head reads and its shape (`xpl.model.robust.SigmaHead`).
         instance_weight, c: how pseudo RoIs weigh in the classification and box losses, and the numerator
             of those weights. sigma_freeze_step: forward calls after which sigma stops learning.
         pseudo_background: background RoIs of caption images count in the classification loss.
@@ -57,17 +58,20 @@ class RobustStudent(torch.nn.Module):
     `from_config` takes these from the `student` config section, whose keys they are.
     """
 
-    CONFIG_KEYS = ("mode", "samples", "instance_weight", "c", "sigma0", "sigma_freeze_step", "pseudo_background",
-                   "pseudo_box_loss", "gt_all_classes", "caption_label_weight")
+    CONFIG_KEYS = ("mode", "samples", "instance_weight", "c", "sigma0", "sigma_inputs", "sigma_hidden",
+                   "sigma_instance", "sigma_freeze_step", "pseudo_background", "pseudo_box_loss", "gt_all_classes",
+                   "caption_label_weight")
 
     def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str, samples: int,
-                 instance_weight: str, c: float, sigma0: float, sigma_freeze_step: int, pseudo_background: bool,
-                 pseudo_box_loss: bool, gt_all_classes: bool, caption_label_weight: float,
-                 names: Optional[Sequence[str]] = None, track_corruption: bool = False) -> None:
+                 instance_weight: str, c: float, sigma0: float, sigma_inputs: Sequence[str], sigma_hidden: int,
+                 sigma_instance: bool, sigma_freeze_step: int, pseudo_background: bool, pseudo_box_loss: bool,
+                 gt_all_classes: bool, caption_label_weight: float, names: Optional[Sequence[str]] = None,
+                 track_corruption: bool = False) -> None:
         super().__init__()
         self.detector = detector
         predictor = detector.roi_heads.mask_predictor
-        self.sigma_head = SigmaHead(predictor.mask_fcn_logits.in_channels, sigma0=sigma0)
+        self.sigma_head = SigmaHead(predictor.mask_fcn_logits.in_channels, sigma0=sigma0, inputs=sigma_inputs,
+                                    hidden=sigma_hidden, instance=sigma_instance)
         all_embeddings = detector.class_embeddings
         if all_embeddings.shape[0] == 0:
             raise ValueError("set the detector's class embeddings (the whole vocabulary) before building the student")
@@ -93,7 +97,8 @@ class RobustStudent(torch.nn.Module):
     def from_config(cls, student: Any, detector: OpenVocabMaskRCNN, base_labels: list[int],
                     names: Sequence[str]) -> "RobustStudent":
         """The student of a `student` config section (the noise study's `corrupt.share` > 0 tracks corruption)."""
-        return cls(detector, base_labels, names=names, track_corruption=student.corrupt.share > 0,
+        corrupted = student.corrupt.share > 0 or any(v > 0 for v in student.corrupt.classes.values())
+        return cls(detector, base_labels, names=names, track_corruption=corrupted,
                    **{key: student[key] for key in cls.CONFIG_KEYS})
 
     def _use_classes(self, embeddings: torch.Tensor) -> None:
@@ -186,14 +191,9 @@ class RobustStudent(torch.nn.Module):
         positive = [lab > 0 for lab in labels]
         pos_boxes = [b[p] for b, p in zip(boxes, positive)]
         pos_index = [i[p] for i, p in zip(index, positive)]
-        mask_features = heads.mask_predictor.relu(heads.mask_predictor.conv5_mask(
-            heads.mask_head(heads.mask_roi_pool(features, pos_boxes, sizes))))
-        mu = heads.mask_predictor.mask_fcn_logits(mask_features)[:, 0].float()
-        log_var = self.sigma_head(mask_features)
+        mu, log_var, mask_targets = self._masks_and_noise(features, pos_boxes, pos_index, targets, sizes)
         if self.calls >= self.sigma_freeze_step:
             log_var = log_var.detach()
-        mask_targets = torch.cat([project_masks_on_boxes(t["masks"], b, i, mu.shape[-1])
-                                  for t, b, i in zip(targets, pos_boxes, pos_index)])
         labels_all = torch.cat(labels)
         is_positive = labels_all > 0
         weights = self._roi_weights(log_var, labels)
@@ -212,6 +212,33 @@ class RobustStudent(torch.nn.Module):
                      if "corrupted" in targets[0] else None)
         stats = self._stats(log_var.detach(), weights[is_positive].detach(), labels_all[is_positive], corrupted)
         return losses, stats
+
+    def _masks_and_noise(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], index: list[torch.Tensor],
+                         targets: Targets, sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mask logits `mu`, the sigma head's log sigma^2 and the pseudo masks of the instances each RoI
+        matches (`index`), all [R, M, M] on the RoIs `boxes` (transformed-image coordinates, per image)."""
+        heads = self.detector.roi_heads
+        mask_features = heads.mask_predictor.relu(heads.mask_predictor.conv5_mask(
+            heads.mask_head(heads.mask_roi_pool(features, boxes, sizes))))
+        mu = heads.mask_predictor.mask_fcn_logits(mask_features)[:, 0].float()
+        mask_targets = torch.cat([project_masks_on_boxes(t["masks"], b, i, mu.shape[-1])
+                                  for t, b, i in zip(targets, boxes, index)])
+        return mu, self.sigma_head(mask_features, mu, mask_targets), mask_targets
+
+    @torch.no_grad()
+    def noise_on_pseudo_boxes(self, images: list[torch.Tensor], targets: Targets) -> list[tuple[torch.Tensor, ...]]:
+        """Per image, on its pseudo instances' own boxes: ([K, M, M] sigma, [K, M, M] pseudo mask in the box grid,
+        [K, 4] boxes in the image's pixels). What sigma says of each pseudo label (the measurement of
+        `xpl.eval.sigma_quality`); call in eval mode."""
+        det = self.detector
+        image_list, moved = det.transform(det._cast(images), [{k: v for k, v in t.items()} for t in targets])
+        features = det.backbone(image_list.tensors)
+        boxes = [t["boxes"] for t in moved]
+        index = [torch.arange(len(b), device=b.device) for b in boxes]
+        _, log_var, masks = self._masks_and_noise(features, boxes, index, moved, image_list.image_sizes)
+        counts = [len(b) for b in boxes]
+        return [(s, m, t["boxes"]) for s, m, t in zip(torch.exp(0.5 * log_var).split(counts), masks.split(counts),
+                                                          targets)]
 
     def _stats(self, log_var: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
                 corrupted: Optional[torch.Tensor]) -> dict[str, float]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -29,7 +29,8 @@ def evaluation_name(checkpoint: Optional[str | Path], predictions: Optional[str 
     return f"results-{Path(predictions).stem}"
 
 
-def _evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, vocab_path: str) -> dict[str, Optional[float]]:
+def _evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, vocab_path: str,
+                         classes: Sequence[str]) -> dict[str, Optional[float]]:
     from xpl.model.checkpoint import load_model
     from xpl.text import text_encoder
     from xpl.vocab import Vocabulary
@@ -37,16 +38,17 @@ def _evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, vocab_path: str) -> 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(checkpoint, map_location=device)
     return evaluate_model(model, Vocabulary.load(vocab_path), text_encoder(cfg.text.model), cfg.data.val_json,
-                          cfg.data.val_images, device=device)
+                          cfg.data.val_images, device=device, classes=classes)
 
 
 def run_evaluate(cfg: DictConfig, checkpoint: Optional[str | Path] = None, gt: Optional[str | Path] = None,
                  predictions: Optional[str | Path] = None, vocab: Optional[str | Path] = None,
-                 out: Optional[str | Path] = None) -> dict[str, Any]:
+                 out: Optional[str | Path] = None, classes: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate a model file (on `data.val_json` / `data.val_images`, vocabulary `vocab` or `data.vocab`) or a
     results file `predictions` against `gt` (splits from `vocab`, else from the categories of `gt`).
 
-    Writes `metrics.json` and `metrics.txt` to `out` (default `<output_dir>/evaluate/<evaluation_name>`),
+    A model's generalized AP is also given for each of `classes` (by name). Writes `metrics.json` and `metrics.txt`
+    to `out` (default `<output_dir>/evaluate/<evaluation_name>`),
     logs them to the MLflow run of stage `evaluate/<evaluation_name>`, prints the table.
     """
     if (checkpoint is None) == (predictions is None):
@@ -58,7 +60,7 @@ def run_evaluate(cfg: DictConfig, checkpoint: Optional[str | Path] = None, gt: O
         vocab_path = str(vocab or cfg.data.vocab)
         params = {"checkpoint": str(checkpoint), "val_json": cfg.data.val_json, "vocab": vocab_path,
                   "text_model": cfg.text.model}
-        metrics = _evaluate_checkpoint(cfg, Path(checkpoint), vocab_path)
+        metrics = _evaluate_checkpoint(cfg, Path(checkpoint), vocab_path, classes)
     else:
         if gt is None:
             raise XPLError("evaluate: --predictions needs --gt, the ground-truth instances json")

@@ -190,8 +190,10 @@ def _disconnect_ray() -> None:
 def summarize(records: dict[str, StageRecord], models: list[str], tracking_uri: str) -> dict[str, Any]:
     """results.json: each model's evaluation, pseudo-label quality, wall time and MLflow run id per stage."""
     quality = records["pseudolabel"].result.get("quality", {}).get("splits", {})
+    sigma = {m: records[m].result["sigma_report"]["splits"] for m in models if records[m].result.get("sigma_report")}
     return {
         "models": {m: records[f"evaluate/{m}"].result["metrics"] for m in models},
+        "sigma": sigma,
         "pseudo_labels": {split: {k: quality[split].get(k) for k in ("precision", "recall", "instances")}
                           for split in ("base", "novel") if split in quality},
         "stages": {name: {"seconds": round(r.seconds, 1), "skipped": r.skipped,
@@ -200,8 +202,8 @@ def summarize(records: dict[str, StageRecord], models: list[str], tracking_uri: 
     }
 
 
-def _cell(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def _cell(value: Optional[float], digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -219,6 +221,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     for split, q in results["pseudo_labels"].items():
         lines.append(f"| {split} | {_cell(100 * q['precision'] if q['precision'] is not None else None)} % | "
                      f"{_cell(100 * q['recall'] if q['recall'] is not None else None)} % | {q['instances']} |")
+    if results.get("sigma"):
+        lines += ["", "| sigma on its pseudo labels (caption shards) | split | AUROC, wrong pixels | "
+                      "Spearman, mean sigma vs mask IoU | wrong pixels |", "|---|---|---|---|---|"]
+        for model, splits in results["sigma"].items():
+            for split, values in splits.items():
+                share = values["wrong_share"]
+                lines.append(f"| {model} | {split} | {_cell(values['auroc'], 3)} | {_cell(values['spearman'], 3)} | "
+                             f"{_cell(None if share is None else 100 * share)} % |")
     lines += ["", "| stage | seconds | MLflow run |", "|---|---|---|"]
     for name, stage in results["stages"].items():
         note = " (earlier run)" if stage["skipped"] else ""
