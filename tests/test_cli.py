@@ -15,6 +15,16 @@ def test_config_show_prints_the_resolved_config():
     assert "steps: 9" in out.stdout
 
 
+def test_version_and_help_say_what_the_commands_do():
+    from importlib import metadata
+
+    assert xpl("--version").stdout.strip() == f"xpl {metadata.version('xpl')}"
+    demo = " ".join(xpl("demo", "--help").stdout.split())
+    assert "results.md" in demo and "minutes on 2 CPU cores" in demo and "resumes" in demo
+    evaluate = " ".join(xpl("evaluate", "--help").stdout.split())
+    assert "(--checkpoint CHECKPOINT | --predictions PREDICTIONS)" in evaluate and "metrics.json" in evaluate
+
+
 def test_user_mistakes_are_one_line_errors(tmp_path):
     for args, expected in [
         (("config", "show", "model.backbonez=tiny"), "model.backbonez"),

@@ -219,8 +219,13 @@ def test_cli_results_file_errors_are_one_line(tmp_path, capsys, case, message):
 
 
 def test_cli_needs_exactly_one_of_checkpoint_and_predictions(tmp_path, capsys):
-    assert main(["evaluate", *_tracking(tmp_path)]) == 2
-    assert "either a model (--checkpoint) or a results file (--predictions)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", *_tracking(tmp_path)])
+    assert stopped.value.code == 2
+    assert "one of the arguments --checkpoint --predictions is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", "m.pt", "--predictions", "r.json", *_tracking(tmp_path)])
+    assert "not allowed with argument --checkpoint" in capsys.readouterr().err
 
 
 def test_model_evaluation_in_both_settings(tmp_path, shapes_world, random_teacher):

@@ -322,6 +322,11 @@ def test_load_errors_name_the_file(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:1000])
     with pytest.raises(XPLError, match="truncated.pt"):
         load_model(truncated)
+    text = tmp_path / "notes.txt"
+    text.write_text("just words\n")
+    with pytest.raises(XPLError, match=r"notes.txt: not an xpl model file, or a corrupt one") as err:
+        load_model(text)
+    assert "\n" not in str(err.value)
 
 
 def test_load_pretrained_parts_loads_all_or_fails_naming_the_keys(tmp_path):

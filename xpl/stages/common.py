@@ -64,6 +64,19 @@ def train_settings(cfg: DictConfig, stage_section: str) -> TrainSettings:
     )
 
 
+def trained_on(cfg: DictConfig) -> dict[str, Any]:
+    """What a stage's model learns from, recorded in its export (`xpl.model.checkpoint.export_model`)."""
+    return {"data": "the shapes world" if cfg.data.synthesize else cfg.data.root,
+            "classes": Vocabulary.load(cfg.data.vocab).names}
+
+
+def export_detector(cfg: DictConfig, detector: torch.nn.Module, path: Path, **extras: Any) -> None:
+    """A stage's export: the detector with the text encoder and data it was trained with, and `extras`."""
+    from xpl.model.checkpoint import export_model
+
+    export_model(detector, path, text_model=cfg.text.model, extras=extras or None, trained_on=trained_on(cfg))
+
+
 def stage_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.output_dir) / stage
 

@@ -11,11 +11,10 @@ from omegaconf import DictConfig
 
 from xpl.config import to_dict
 from xpl.data.sampling import caption_batches
-from xpl.model.checkpoint import export_model
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import grounding_loss
 from xpl.model.objectives import GridGrounding
-from xpl.stages.common import (ConfigTask, evaluate_grounding, log_stage_summary, stage_dir,
+from xpl.stages.common import (ConfigTask, evaluate_grounding, export_detector, log_stage_summary, stage_dir,
                                train_settings, warn_untrained_backbone)
 from xpl.text import caption_tokens, text_encoder
 from xpl.train.engine import fit
@@ -51,7 +50,7 @@ class PretrainTask(ConfigTask):
         return loss, {"loss_grounding": float(loss.item())}, len(images)
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model.detector, path, text_model=self.cfg.text.model)
+        export_detector(self.cfg, model.detector, path)
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:

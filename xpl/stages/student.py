@@ -25,11 +25,12 @@ from xpl.data.corrupt import KINDS, Corruption
 from xpl.data.pseudo_sample import PseudoTargets
 from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import DataError, XPLError
-from xpl.model.checkpoint import export_model, load_model, read_extras
+from xpl.model.checkpoint import load_model, read_extras
 from xpl.model.objectives import weighted_total
 from xpl.model.robust import MODES, WEIGHTINGS
 from xpl.model.student import RobustStudent
-from xpl.stages.common import BaseImagesTask, evaluate_base, log_stage_summary, stage_dir, train_settings
+from xpl.stages.common import (BaseImagesTask, evaluate_base, export_detector, log_stage_summary, stage_dir,
+                               train_settings)
 from xpl.text import text_encoder
 from xpl.train.engine import fit
 from xpl.vocab import Vocabulary
@@ -106,8 +107,7 @@ class StudentTask(BaseImagesTask):
         return [{"params": rest, "lr": lr}, {"params": sigma, "lr": lr * self.cfg.student.sigma_lr_scale}]
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model.detector, path, text_model=self.cfg.text.model,
-                     extras={"sigma_head": model.sigma_head.state_dict()})
+        export_detector(self.cfg, model.detector, path, sigma_head=model.sigma_head.state_dict())
 
 
 def check_student_config(cfg: DictConfig) -> None:

@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 from xpl.config import to_dict
 from xpl.data.sampling import caption_batches, rank_batches
 from xpl.errors import XPLError
-from xpl.model.checkpoint import export_model, load_pretrained_parts
+from xpl.model.checkpoint import load_pretrained_parts
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.objectives import DetectionWithCaptions, weighted_total
-from xpl.stages.common import (BaseImagesTask, base_categories, evaluate_base, evaluate_grounding,
+from xpl.stages.common import (BaseImagesTask, base_categories, evaluate_base, evaluate_grounding, export_detector,
                                log_stage_summary, stage_dir, train_settings, warn_untrained_backbone)
 from xpl.text import caption_tokens, text_encoder
 from xpl.train.engine import fit
@@ -91,7 +91,7 @@ class TeacherTask(BaseImagesTask):
         return weighted_total(losses, model.module.weights), {k: float(v.item()) for k, v in losses.items()}, len(images)
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_model(model.detector, path, text_model=self.cfg.text.model)
+        export_detector(self.cfg, model.detector, path)
 
 
 def _shown(value: Optional[float]) -> str:
