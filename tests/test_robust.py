@@ -123,3 +123,22 @@ def test_sigma_head_reads_the_logits_and_the_pseudo_mask_and_starts_at_sigma0() 
         head(features, mu)
     with pytest.raises(ValueError, match="needs a hidden layer"):
         SigmaHead(4, instance=True)
+
+
+def test_class_margin_and_the_class_noise_loss_known_values() -> None:
+    from xpl.model.robust import class_margin, class_noise_loss
+
+    logits = torch.tensor([[0.0, 3.0, 1.0], [0.0, -1.0, 2.0]])
+    labels = torch.tensor([1, 1])
+    assert class_margin(logits, labels).tolist() == [2.0, -3.0]  # the second RoI looks like class 2
+    tiny = torch.full((2,), -60.0)  # no noise: the cross-entropy
+    assert torch.allclose(class_noise_loss(logits, tiny, labels, 3, generator=_gen()),
+                          F.cross_entropy(logits, labels, reduction="none"), atol=1e-5)
+    eps = torch.randn((2, 2, 3), generator=_gen(4))
+    z = logits[None] + 2.0 * eps
+    expected = -torch.log(torch.softmax(z, dim=-1)[:, :, 1].mean(0))
+    loss = class_noise_loss(logits, torch.full((2,), math.log(4.0)), labels, 2, generator=_gen(4))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    hopeless = torch.tensor([[0.0, -6.0, 6.0]])  # the label is far behind: noise raises its likelihood
+    assert class_noise_loss(hopeless, torch.tensor([math.log(9.0)]), torch.tensor([1]), 4000, generator=_gen()) < \
+        class_noise_loss(hopeless, torch.tensor([-20.0]), torch.tensor([1]), 4000, generator=_gen())

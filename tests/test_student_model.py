@@ -161,3 +161,16 @@ def test_caption_labels_add_the_teachers_caption_label_loss_over_the_whole_vocab
     assert losses["loss_caption_labels"].item() == pytest.approx(expected.item(), rel=1e-5)
     losses["loss_caption_labels"].backward()
     assert student.detector.roi_heads.box_head.fc6.weight.grad is not None
+
+
+def test_class_noise_weighs_the_pseudo_classification_and_joins_the_pixel_noise() -> None:
+    import math
+
+    student = make_student(class_noise=True, sigma0=1.0).train()
+    image, target = torch.rand(3, 64, 64), _target([10, 10, 40, 40], 4)
+    losses, _ = student([], [], [image], [target])
+    sum(losses.values()).backward()
+    assert student.class_noise_head.out.weight.grad is not None  # the class noise learns from the class loss
+    assert {id(p) for p in student.noise_parameters()} >= {id(p) for p in student.class_noise_head.parameters()}
+    ((sigma, _, _),) = student.eval().noise_on_pseudo_boxes([image], [target])
+    assert torch.allclose(sigma, torch.full_like(sigma, math.sqrt(2.0)))  # pixel variance 1 + class variance 1

@@ -268,6 +268,7 @@ class StudentConfig:
     sigma_inputs: list[str] = field(default_factory=lambda: ["features"])
     sigma_hidden: int = 0
     sigma_instance: bool = False
+    class_noise: bool = False  # a class noise per pseudo instance (`xpl.model.robust.ClassNoiseHead`)
     sigma_lr_scale: float = 1.0  # the sigma head's learning rate over the detector's
     sigma_freeze_step: int = 10_000
     sigma_samples: int = 300  # pseudo-labeled samples whose sigma is judged against truth, where shards carry it

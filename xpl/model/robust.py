@@ -86,6 +86,43 @@ class SigmaHead(nn.Module):
         return log_var.clamp(self.min_log_var, self.max_log_var)
 
 
+class ClassNoiseHead(nn.Module):
+    """`log sigma^2` of each pseudo-labeled RoI's class logits (one per instance), from its box features and how far
+    its logits put its pseudo class behind the best other class, both detached: a caption word that pointed at
+    the wrong object leaves a RoI whose features say another class, and its class noise grows (heteroscedastic
+    classification, Kendall & Gal 2017). A small MLP; the output layer starts at zero with bias `log sigma0^2`."""
+
+    def __init__(self, in_features: int, *, sigma0: float = 1.0, hidden: int = 32) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(in_features + 1, hidden), nn.ReLU())
+        self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, 2 * math.log(sigma0))
+
+    def forward(self, box_features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[R, F] box features, [R, C+1] logits, [R] pseudo labels -> [R] log sigma^2 (fp32)."""
+        return self.out(self.hidden(torch.cat([box_features.detach().float(),
+                                               class_margin(logits.detach().float(), labels)[:, None]], dim=1)))[:, 0]
+
+
+def class_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[R] logit of each RoI's label minus the best other logit (negative: the RoI looks like another class)."""
+    own = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], float("-inf")).max(dim=1).values
+    return own - others
+
+
+def class_noise_loss(logits: torch.Tensor, log_var: torch.Tensor, labels: torch.Tensor, samples: int,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[R] - log of the probability of each RoI's label averaged over T noisy logits `logits + sigma_r eps_t` (the
+    expected likelihood, as for masks): a RoI whose label the student cannot reach lowers it by a larger sigma."""
+    sigma = torch.exp(0.5 * log_var.float())[None, :, None]
+    eps = torch.randn((samples, *logits.shape), device=logits.device, generator=generator)
+    log_probs = torch.log_softmax(logits.float()[None] + sigma * eps, dim=-1)  # [T, R, C+1]
+    own = log_probs.gather(2, labels[None, :, None].expand(samples, -1, 1))[..., 0]
+    return -(torch.logsumexp(own, dim=0) - math.log(samples))
+
+
 def _noisy_bce(mu: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor, samples: int,
                generator: Optional[torch.Generator]) -> torch.Tensor:
     """[T, R, M, M] BCE of the pseudo mask under T noisy logits `mu + sigma * eps_t`."""

@@ -34,7 +34,8 @@ from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from xpl.model.detector import OpenVocabMaskRCNN
 from xpl.model.grounding import caption_label_loss
 from xpl.model.objectives import whole_vocabulary_losses
-from xpl.model.robust import MODES, WEIGHTINGS, SigmaHead, image_weights, instance_weights, robust_mask_loss
+from xpl.model.robust import (MODES, WEIGHTINGS, ClassNoiseHead, SigmaHead, class_noise_loss, image_weights,
+                              instance_weights, robust_mask_loss)
 
 Targets = list[dict[str, torch.Tensor]]
 
@@ -47,6 +48,8 @@ class RobustStudent(torch.nn.Module):
         base_labels: the detector labels (1..C) of the base classes, in order; GT targets use 1..len(base_labels).
         mode, samples, sigma0: the robust mask loss (`xpl.model.robust.MODES`); sigma_inputs, sigma_hidden,
             sigma_instance: what the sigma head reads and its shape (`xpl.model.robust.SigmaHead`).
+        class_noise: each pseudo instance also has a class noise (`xpl.model.robust.ClassNoiseHead`): its pseudo
+            classification loss is the expected likelihood under it, and it adds to its pixels' mask noise.
         instance_weight, c: how pseudo RoIs weigh in the classification and box losses, and the numerator
             of those weights. sigma_freeze_step: forward calls after which sigma stops learning.
         pseudo_background: background RoIs of caption images count in the classification loss.
@@ -59,12 +62,13 @@ class RobustStudent(torch.nn.Module):
     """
 
     CONFIG_KEYS = ("mode", "samples", "instance_weight", "c", "sigma0", "sigma_inputs", "sigma_hidden",
-                   "sigma_instance", "sigma_freeze_step", "pseudo_background", "pseudo_box_loss", "gt_all_classes",
-                   "caption_label_weight")
+                   "sigma_instance", "class_noise", "sigma_freeze_step", "pseudo_background", "pseudo_box_loss",
+                   "gt_all_classes", "caption_label_weight")
 
     def __init__(self, detector: OpenVocabMaskRCNN, base_labels: list[int], *, mode: str, samples: int,
                  instance_weight: str, c: float, sigma0: float, sigma_inputs: Sequence[str], sigma_hidden: int,
-                 sigma_instance: bool, sigma_freeze_step: int, pseudo_background: bool, pseudo_box_loss: bool,
+                 sigma_instance: bool, class_noise: bool, sigma_freeze_step: int, pseudo_background: bool,
+                 pseudo_box_loss: bool,
                  gt_all_classes: bool, caption_label_weight: float, names: Optional[Sequence[str]] = None,
                  track_corruption: bool = False) -> None:
         super().__init__()
@@ -72,6 +76,8 @@ class RobustStudent(torch.nn.Module):
         predictor = detector.roi_heads.mask_predictor
         self.sigma_head = SigmaHead(predictor.mask_fcn_logits.in_channels, sigma0=sigma0, inputs=sigma_inputs,
                                     hidden=sigma_hidden, instance=sigma_instance)
+        box_head = detector.roi_heads.box_head
+        self.class_noise_head = ClassNoiseHead(box_head.fc7.out_features, sigma0=sigma0) if class_noise else None
         all_embeddings = detector.class_embeddings
         if all_embeddings.shape[0] == 0:
             raise ValueError("set the detector's class embeddings (the whole vocabulary) before building the student")
@@ -100,6 +106,11 @@ class RobustStudent(torch.nn.Module):
         corrupted = student.corrupt.share > 0 or any(v > 0 for v in student.corrupt.classes.values())
         return cls(detector, base_labels, names=names, track_corruption=corrupted,
                    **{key: student[key] for key in cls.CONFIG_KEYS})
+
+    def noise_parameters(self) -> list[torch.nn.Parameter]:
+        """The noise heads' parameters (the sigma head's, and the class noise head's when there is one)."""
+        heads = [self.sigma_head] + ([self.class_noise_head] if self.class_noise_head is not None else [])
+        return [p for head in heads for p in head.parameters()]
 
     def _use_classes(self, embeddings: torch.Tensor) -> None:
         self.detector.roi_heads.box_predictor.class_embeddings = embeddings
@@ -191,15 +202,21 @@ class RobustStudent(torch.nn.Module):
         positive = [lab > 0 for lab in labels]
         pos_boxes = [b[p] for b, p in zip(boxes, positive)]
         pos_index = [i[p] for i, p in zip(index, positive)]
-        mu, log_var, mask_targets = self._masks_and_noise(features, pos_boxes, pos_index, targets, sizes)
-        if self.calls >= self.sigma_freeze_step:
-            log_var = log_var.detach()
         labels_all = torch.cat(labels)
         is_positive = labels_all > 0
+        mu, log_var, mask_targets, class_log_var = self._masks_and_noise(
+            features, pos_boxes, pos_index, targets, sizes, labels_all[is_positive], box_features[is_positive],
+            class_logits[is_positive])
+        if self.calls >= self.sigma_freeze_step:
+            log_var = log_var.detach()
+            class_log_var = None if class_log_var is None else class_log_var.detach()
         weights = self._roi_weights(log_var, labels)
         class_weight = torch.ones(class_logits.shape[1], device=class_logits.device)
         class_weight[0] = heads.bg_weight
         ce = F.cross_entropy(class_logits.float(), labels_all, weight=class_weight, reduction="none")
+        if class_log_var is not None:
+            ce = ce.masked_scatter(is_positive, class_noise_loss(class_logits[is_positive], class_log_var,
+                                                                 labels_all[is_positive], self.samples))
         n = max(len(labels_all), 1)
         losses["loss_pseudo_classifier"] = (weights * ce).sum() / n
         losses["loss_pseudo_mask"] = robust_mask_loss(mu, log_var, mask_targets, mode=self.mode, samples=self.samples)
@@ -214,16 +231,27 @@ class RobustStudent(torch.nn.Module):
         return losses, stats
 
     def _masks_and_noise(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], index: list[torch.Tensor],
-                         targets: Targets, sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The mask logits `mu`, the sigma head's log sigma^2 and the pseudo masks of the instances each RoI
-        matches (`index`), all [R, M, M] on the RoIs `boxes` (transformed-image coordinates, per image)."""
+                         targets: Targets, sizes: list[tuple[int, int]], labels: torch.Tensor,
+                         box_features: Optional[torch.Tensor] = None, logits: Optional[torch.Tensor] = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """On the RoIs `boxes` (transformed-image coordinates, per image) matching pseudo instances `index` of
+        `labels`: the mask logits `mu`, the log sigma^2 of each pixel's mask noise and the pseudo masks, all
+        [R, M, M], and with `class_noise` the [R] log variance of the class noise (which the pixels' noise then
+        includes). The RoIs' box features and class logits are computed unless given."""
         heads = self.detector.roi_heads
         mask_features = heads.mask_predictor.relu(heads.mask_predictor.conv5_mask(
             heads.mask_head(heads.mask_roi_pool(features, boxes, sizes))))
         mu = heads.mask_predictor.mask_fcn_logits(mask_features)[:, 0].float()
         mask_targets = torch.cat([project_masks_on_boxes(t["masks"], b, i, mu.shape[-1])
                                   for t, b, i in zip(targets, boxes, index)])
-        return mu, self.sigma_head(mask_features, mu, mask_targets), mask_targets
+        log_var = self.sigma_head(mask_features, mu, mask_targets)
+        if self.class_noise_head is None:
+            return mu, log_var, mask_targets, None
+        if box_features is None:
+            box_features = heads.box_features(features, boxes, sizes)
+            logits = heads.box_predictor(box_features)[0]
+        class_log_var = self.class_noise_head(box_features, logits, labels)
+        return mu, torch.logaddexp(log_var, class_log_var[:, None, None]), mask_targets, class_log_var
 
     @torch.no_grad()
     def noise_on_pseudo_boxes(self, images: list[torch.Tensor], targets: Targets) -> list[tuple[torch.Tensor, ...]]:
@@ -235,7 +263,8 @@ class RobustStudent(torch.nn.Module):
         features = det.backbone(image_list.tensors)
         boxes = [t["boxes"] for t in moved]
         index = [torch.arange(len(b), device=b.device) for b in boxes]
-        _, log_var, masks = self._masks_and_noise(features, boxes, index, moved, image_list.image_sizes)
+        labels = torch.cat([t["labels"] for t in moved])
+        _, log_var, masks, _ = self._masks_and_noise(features, boxes, index, moved, image_list.image_sizes, labels)
         counts = [len(b) for b in boxes]
         return [(s, m, t["boxes"]) for s, m, t in zip(torch.exp(0.5 * log_var).split(counts), masks.split(counts),
                                                           targets)]

@@ -99,15 +99,18 @@ class StudentTask(BaseImagesTask):
         return weighted_total(losses, model.module.weights), parts, len(gt) + len(pseudo)
 
     def param_groups(self, model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
-        """The sigma head learns at `student.sigma_lr_scale` times the detector's rate: one shared 1x1 conv
+        """The noise heads learn at `student.sigma_lr_scale` times the detector's rate: one shared 1x1 conv
         must move log sigma^2 by several units within a short schedule."""
-        sigma = [p for p in model.sigma_head.parameters() if p.requires_grad]
+        sigma = [p for p in model.noise_parameters() if p.requires_grad]
         ids = {id(p) for p in sigma}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": sigma, "lr": lr * self.cfg.student.sigma_lr_scale}]
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        export_detector(self.cfg, model.detector, path, sigma_head=model.sigma_head.state_dict())
+        noise = {"sigma_head": model.sigma_head.state_dict()}
+        if model.class_noise_head is not None:
+            noise["class_noise_head"] = model.class_noise_head.state_dict()
+        export_detector(self.cfg, model.detector, path, **noise)
 
 
 def check_student_config(cfg: DictConfig) -> None:
@@ -132,10 +135,13 @@ def check_student_config(cfg: DictConfig) -> None:
 
 
 def trained_student(task: StudentTask, model_path: Path) -> RobustStudent:
-    """The student `task` trained, from its export (the detector and, in its extras, the sigma head), eval mode."""
+    """The student `task` trained, from its export (the detector and, in its extras, the noise heads), eval mode."""
     student = task.build_model()
     student.detector.load_state_dict(load_model(model_path).state_dict())
-    student.sigma_head.load_state_dict(read_extras(model_path)["sigma_head"])
+    extras = read_extras(model_path)
+    student.sigma_head.load_state_dict(extras["sigma_head"])
+    if student.class_noise_head is not None:
+        student.class_noise_head.load_state_dict(extras["class_noise_head"])
     return student.eval()
 
 
