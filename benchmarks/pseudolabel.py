@@ -11,17 +11,19 @@ initialised one from the `model` section is exported if the file does not exist)
      reference: the mask head on every candidate) and `model.regions(masks=False)` + `select_batch`
      (exactly the actor's model work: the mask head on the chosen regions and their grown boxes only);
      (a') regions with all cores;
-(b)  the full pipeline (read, decode, teacher, paste, encode, judge, write) with 1 actor; (c) with 2.
+(b)  the full pipeline (read, decode, teacher, paste, encode, judge, write) with 1 actor; (c) with 2,
+     profiled (`xpl.pseudo.profile`: the timing layer `pseudolabel.profile` turns on).
 Pipeline images/s are given three ways: end to end (with Ray Data start-up and actor model loading),
 while the teacher runs (first batch in to last batch out) and steady (the same without the first
 quarter of the shards, which carries the start-up of every stage's worker processes).
 CPU per image by role, from the CPU seconds of every process of the local Ray cluster: model (the
 actor thread's CPU inside regions + select), teacher actor other (the rest of the actor process:
 Ray, Arrow), tasks (read + decode workers), writer (paste, encode, judge, write), driver (Ray Data's
-executor), system (raylet, GCS, ...). "steady" takes the actors' CPU from the rows of the shards
-finished after the first quarter (each actor call's process CPU, spread over its rows) and the other
-processes' CPU from then to the end, over those shards' images; "total" includes start-up.
-Per-image stage seconds (read, decode, align, encode, judge, write) are summed from every row.
+executor), system (raylet, GCS, ...). "steady" takes the actors' CPU from the profiled timings of the
+shards finished after the first quarter (each actor call's process CPU, spread over its rows) and the
+other processes' CPU from then to the end, over those shards' images; "total" includes start-up.
+Per-image stage seconds (read, decode, teacher, writer: paste, encode, judge and write as one stage,
+assemble: the driver joining parts and writing manifests) are the profiled timings, summed over every shard.
 Peak memory is the sampled peak of the proportional set size (PSS) over this process and its
 children (the local Ray cluster).
 Projection: images/s of a GPU node from the measured steady CPU cost outside the model, for a
@@ -177,13 +179,16 @@ def cpu_ms_per_image(cpu: dict[str, float], model_seconds: float, images: int) -
 
 def bench_pipeline(shards, output: Path, settings, **kwargs) -> dict:
     """(b)/(c): the whole pipeline into a fresh output folder."""
+    from collections import Counter
+
     from xpl.pseudo import manifest
     from xpl.pseudo.dataflow import run_shards
+    from xpl.pseudo.profile import ms_per_image
 
     shutil.rmtree(output, ignore_errors=True)
     manifest.prepare_output(output)
     samples = labeled = 0
-    timings: dict[str, float] = {}
+    timings: Counter[str] = Counter()
     begins, ends, finished = [], [], []
     skip = max(1, len(shards) // 4)  # the first quarter of the shards carries every stage's start-up
     mark, steady_images = None, 0
@@ -192,11 +197,10 @@ def bench_pipeline(shards, output: Path, settings, **kwargs) -> dict:
         cpu_before = mem.cpu_seconds()
         cpu_seen = dict(cpu_before)
         start = time.perf_counter()
-        for row in run_shards(shards, output=str(output), settings=settings, **kwargs):
+        for row in run_shards(shards, output=str(output), settings=settings, profile=True, **kwargs):
             samples += row["samples"]
             labeled += row["labeled"]
-            for k, v in row["timings"].items():
-                timings[k] = timings.get(k, 0.0) + v
+            timings.update(row["timings"])
             if row["teacher_begin"] is not None:
                 begins.append(row["teacher_begin"])
                 ends.append(row["teacher_end"])
@@ -215,9 +219,9 @@ def bench_pipeline(shards, output: Path, settings, **kwargs) -> dict:
     steady_rate = 0.0
     if len(finished) > skip:
         steady_rate = sum(n for _, n in finished[skip:]) / (finished[-1][0] - finished[skip - 1][0])
-    ms = {k.removeprefix("t_"): 1000 * v / samples for k, v in timings.items()}
+    ms = ms_per_image(timings, samples)
     cpu_total = _cpu_by_role(cpu_before, cpu_seen)
-    result = {"actors": settings.num_actors, "threads_per_actor": settings.torch_threads, "samples": samples,
+    result = {"actors": settings.num_actors, "threads_per_actor": settings.threads_per_actor, "samples": samples,
               "labeled": labeled, "wall_s": wall,
               "images_per_s_end_to_end": samples / wall, "teacher_window_s": window,
               "images_per_s": samples / window, "images_per_s_steady": steady_rate, "startup_and_tail_s": wall - window,

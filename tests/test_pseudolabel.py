@@ -73,9 +73,7 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
     assert totals["labeled"] + totals["no_match"] + totals["rejected"] == 40
     assert totals["rejected"] == 0 and totals["labeled"] > 0 and totals["unfinished_shards"] == 0
     assert totals["run"]["samples"] == 40 and totals["run"]["images_per_s"] > 0
-    stages = {"read", "decode", "teacher", "teacher_cpu", "teacher_process_cpu", "align", "encode", "judge", "write",
-              "writer_process_cpu"}
-    assert set(totals["run"]["ms_per_image"]) == stages
+    assert "ms_per_image" not in totals["run"]  # timings only when profiled
 
     # output: loadable with webdataset, original bytes unchanged, pseudo.json well formed
     urls = [str(p) for p in sorted((out / "shards").glob("*.tar"))]
@@ -104,6 +102,7 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     (run,) = client.search_runs([exp.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{cfg.run_name}/pseudolabel'")
     assert run.data.metrics["labeled"] == totals["labeled"] and run.data.metrics["images_per_s"] > 0
+    assert not [m for m in run.data.metrics if m.startswith("ms_per_image.")]
     assert run.data.params["pseudolabel.batch_size"] == "4"
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "pseudolabel")}
     assert {"pseudolabel/align_scores_hist.png", "pseudolabel/examples", "pseudolabel/summary.json"} <= artifacts
@@ -121,10 +120,14 @@ def test_pseudolabel_end_to_end_and_rerun_is_a_no_op(shapes_world, ray_session, 
     pictures = re.findall(r'src="(gallery/[^"]+)"', page)
     assert pictures and all((out / "report" / p).is_file() for p in pictures)
 
-    # small blocks through two writers: many parts per shard, joined in input order into the same bytes
+    # small blocks through two writers, profiled: many parts per shard, joined in input order into the same
+    # bytes; every role's time reported
     two = pl_config(shapes_world, tmp_path / "two", random_teacher, "pseudolabel.num_writers=2",
-                    "pseudolabel.block_rows=3")
-    run_pseudolabel(two)
+                    "pseudolabel.block_rows=3", "pseudolabel.profile=true")
+    roles = run_pseudolabel(two)["run"]["ms_per_image"]
+    assert set(roles) == {"read", "decode", "teacher", "teacher_cpu", "teacher_process_cpu", "writer",
+                          "writer_process_cpu", "assemble"}
+    assert all(ms > 0 for ms in roles.values()), roles
     two_out = Path(two.pseudolabel.output)
     for sub in ("shards", "manifest"):
         names = sorted(p.name for p in (out / sub).iterdir())

@@ -223,6 +223,8 @@ class PseudoLabelConfig:
     max_per_word: int = 1
     max_pixels: int = 40_000_000
     visualize: int = 8
+    # Time every stage (`xpl.pseudo.profile`): the run's totals and MLflow then give ms per image per role.
+    profile: bool = False
 
 
 @dataclass

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from xpl.data.tar_writer import join_tars
 from xpl.pseudo.manifest import shard_path, tmp_dir, write_manifest
-from xpl.pseudo.rows import STATUSES, widen_teacher_window
+from xpl.pseudo.rows import STATUSES
 
 
 @dataclass
@@ -30,15 +29,11 @@ class _Shard:
     samples: int = 0
     expected: Optional[int] = None
     failure: Optional[str] = None
-    timings: dict[str, float] = field(default_factory=dict)
-    teacher_begin: Optional[float] = None
-    teacher_end: Optional[float] = None
 
 
 class ShardAssembler:
     """Collects parts per shard; `add` returns the shard's summary row once the shard is finished:
-    {shard, url, samples, labeled, no_match, rejected, instances, timings (stage -> seconds),
-    teacher_begin, teacher_end, failure}."""
+    {shard, url, samples, labeled, no_match, rejected, instances, failure}."""
 
     def __init__(self, output: str | Path) -> None:
         self.output = Path(output)
@@ -51,9 +46,6 @@ class ShardAssembler:
         shard.samples += len(records)
         if part["expected"] is not None:
             shard.expected, shard.failure = part["expected"], part["failure"]
-        for stage, seconds in json.loads(part["timings"]).items():
-            shard.timings[stage] = shard.timings.get(stage, 0.0) + seconds
-        shard.teacher_begin, shard.teacher_end = widen_teacher_window(shard.teacher_begin, shard.teacher_end, part)
         if shard.expected is None or shard.samples < shard.expected:
             return None
         del self.open[shard.name]
@@ -61,10 +53,8 @@ class ShardAssembler:
 
     def _finish(self, shard: _Shard) -> dict[str, Any]:
         """Join the parts and write the manifest; or, when the shard's reader failed, drop the parts."""
-        start = time.perf_counter()
         shard.parts.sort(key=lambda p: p[0])
-        row = {"shard": shard.name, "url": shard.url, "samples": shard.samples, "failure": shard.failure,
-               "timings": shard.timings, "teacher_begin": shard.teacher_begin, "teacher_end": shard.teacher_end}
+        row = {"shard": shard.name, "url": shard.url, "samples": shard.samples, "failure": shard.failure}
         if shard.failure is None:
             records = [r for _, _, part_records in shard.parts for r in part_records]
             join_tars([tar for _, tar, _ in shard.parts if tar is not None], shard_path(self.output, shard.name),
@@ -75,5 +65,4 @@ class ShardAssembler:
         parts = tmp_dir(self.output) / shard.name
         if parts.exists():
             shutil.rmtree(parts)
-        shard.timings["t_write"] = shard.timings.get("t_write", 0.0) + time.perf_counter() - start
         return row

@@ -25,6 +25,9 @@ Ray Data's per-operator budgets, and only one small row per part reaches the dri
 pool of `num_writers` actors (each pastes, encodes and writes; docs/benchmarks.md has their cost),
 pinned to the driver's node, which assembles their parts from its local disk:
 a local output folder works on a cluster as long as the driver's node can hold it.
+
+`profile=True` runs the same stages timed (`PROFILED`, from `xpl.pseudo.profile`): their rows then carry
+timing columns, and each finished shard's row its timings; by default (`PLAIN`) no row carries any.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import ray
@@ -40,10 +43,28 @@ import ray
 from xpl.pseudo.assemble import ShardAssembler
 from xpl.pseudo.choice import RegionChoice
 from xpl.pseudo.decode import decode_batch
-from xpl.pseudo.source import CaptionShardDatasource, ShardTask
+from xpl.pseudo.profile import (ProfiledAssembler, ProfiledShardWriter, ProfiledTeacher, timed_decode_batch,
+                                timed_read_shard)
+from xpl.pseudo.source import CaptionShardDatasource, ReadShard, ShardTask, read_shard
 from xpl.pseudo.teacher_actor import Teacher
 from xpl.pseudo.writer import ShardWriter
 from xpl.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The callables the pipeline is built from: the shard reader, the decode function, the teacher and writer
+    classes (Ray Data callable classes) and the driver's assembler."""
+
+    read: ReadShard
+    decode: Callable[..., Any]
+    teacher: type[Teacher]
+    writer: type[ShardWriter]
+    assembler: type[ShardAssembler]
+
+
+PLAIN = Stages(read_shard, decode_batch, Teacher, ShardWriter, ShardAssembler)
+PROFILED = Stages(timed_read_shard, timed_decode_batch, ProfiledTeacher, ProfiledShardWriter, ProfiledAssembler)
 
 
 @dataclass(frozen=True)
@@ -81,22 +102,24 @@ def build_dataset(
     class_embeddings: np.ndarray,
     choice: RegionChoice,
     settings: Settings,
+    profile: bool = False,
 ) -> "ray.data.Dataset":
-    """The lazy dataset of finished-shard rows; iterating it runs the job."""
+    """The lazy dataset of writer parts (`PART_SCHEMA` rows); iterating it runs the job. `profile`: timed stages."""
     from ray.data import ActorPoolStrategy
 
+    stages = PROFILED if profile else PLAIN
     vocab_json = vocab.to_json()
     digest = hashlib.sha1(json.dumps(vocab_json, sort_keys=True).encode()).hexdigest()
     cpu = settings.num_cpus_per_task
-    ds = ray.data.read_datasource(CaptionShardDatasource(shards, settings.block_rows), num_cpus=cpu,
+    ds = ray.data.read_datasource(CaptionShardDatasource(shards, settings.block_rows, stages.read), num_cpus=cpu,
                                   override_num_blocks=len(shards))
     ds = ds.map_batches(
-        decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=cpu,
+        stages.decode, batch_format="pyarrow", batch_size=None, num_cpus=cpu,
         fn_kwargs={"vocab": vocab_json, "vocab_digest": digest, "max_pixels": settings.max_pixels,
                    "image_size": settings.image_size},
     )
     ds = ds.map_batches(
-        Teacher, batch_format="pyarrow", batch_size=None,
+        stages.teacher, batch_format="pyarrow", batch_size=None,
         compute=ActorPoolStrategy(size=settings.num_actors),
         num_cpus=settings.num_cpus_per_actor, num_gpus=settings.num_gpus_per_actor,
         resources=dict(settings.actor_resources) or None,
@@ -108,20 +131,22 @@ def build_dataset(
     )
     here = ray.get_runtime_context().get_node_id()
     return ds.map_batches(
-        ShardWriter, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=settings.num_writers),
+        stages.writer, batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=settings.num_writers),
         num_cpus=cpu, fn_constructor_kwargs={"output": output, "choice": choice,
                                               "ids_by_name": {c.name: c.id for c in vocab.categories}},
         label_selector={"ray.io/node-id": here},  # writers run on the driver's node (it assembles their parts)
     )
 
 
-def run_shards(shards: list[ShardTask], *, output: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """Run the pipeline over `shards`; yield each finished shard's row (`ShardAssembler.add`) as it completes."""
+def run_shards(shards: list[ShardTask], *, output: str, profile: bool = False,
+               **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Run the pipeline over `shards`; yield each finished shard's row (`ShardAssembler.add`; profiled, with its
+    timings: `xpl.pseudo.profile.ProfiledAssembler`) as it completes."""
     if not shards:
         return
-    assembler = ShardAssembler(output)
-    for batch in build_dataset(shards, output=output, **kwargs).iter_batches(batch_size=None,
-                                                                             batch_format="pyarrow"):
+    assembler = (PROFILED if profile else PLAIN).assembler(output)
+    dataset = build_dataset(shards, output=output, profile=profile, **kwargs)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         for part in batch.to_pylist():
             finished = assembler.add(part)
             if finished is not None:

@@ -6,7 +6,6 @@ reason). Then the caption is matched to the vocabulary; no match makes the sampl
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -73,7 +72,7 @@ def _vocabulary(vocab: dict[str, Any], digest: str) -> Vocabulary:
 
 
 # The columns `decode_batch` sets; the others pass through untouched (image bytes included).
-DECODED = ("status", "reason", "caption", "width", "height", "pixels", "pix_h", "pix_w", "scale", "words", "t_decode")
+DECODED = ("status", "reason", "caption", "width", "height", "pixels", "pix_h", "pix_w", "scale", "words")
 
 
 def decode_batch(batch: pa.Table, *, vocab: dict[str, Any], vocab_digest: str, max_pixels: int,
@@ -83,15 +82,12 @@ def decode_batch(batch: pa.Table, *, vocab: dict[str, Any], vocab_digest: str, m
     todo = batch.select(["kind", "status", "image_name", "image", "txt"]).to_pylist()
     old = batch.select([n for n in DECODED if n in batch.column_names]).to_pylist()
     for row, values in zip(todo, old):
-        values["t_decode"] = 0.0
         if row["kind"] != SAMPLE or row["status"] != PENDING:
             continue
-        start = time.perf_counter()
         members = {"txt": row["txt"]} if row["txt"] is not None else {}
         if row["image_name"]:
             members[row["image_name"]] = row["image"]
         values.update(decode_sample(members, vocab=voc, max_pixels=max_pixels, image_size=image_size).row())
-        values["t_decode"] = time.perf_counter() - start
     new = table(old, pa.schema([SAMPLE_SCHEMA.field(n) for n in DECODED]))
     return pa.Table.from_arrays([new.column(f.name) if f.name in DECODED else batch.column(f.name)
                                  for f in SAMPLE_SCHEMA], schema=SAMPLE_SCHEMA)

@@ -11,7 +11,6 @@ enters pseudo.json.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -24,15 +23,14 @@ from xpl.pseudo.rows import LABELED, NO_MATCH, PENDING, REJECTED, SAMPLE
 
 @dataclass
 class Labeled:
-    """A sample row's outcome: status, reason, instances (pseudo.json records), the pseudo.json text,
-    the judged truth (None without truth) and the seconds spent per step."""
+    """A sample row's outcome: status, reason, instances (pseudo.json records), the pseudo.json text and
+    the judged truth (None without truth)."""
 
     status: str
     reason: Optional[str]
     instances: list[dict[str, Any]] = field(default_factory=list)
     pseudo: Optional[str] = None
     truth: Optional[dict[str, Any]] = None
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def pseudo_json(row: dict[str, Any], instances: list[dict[str, Any]]) -> str:
@@ -66,19 +64,14 @@ def label_row(row: dict[str, Any], selection: Optional[Selection], *, mask_thres
     truth (`ids_by_name`: the vocabulary's class name -> id)."""
     out = Labeled(row["status"], row["reason"])
     if row["status"] == PENDING and selection is not None:
-        start = time.perf_counter()
         result = build_instances(selection, height=row["height"], width=row["width"], box_scale=row["scale"],
                                  mask_threshold=mask_threshold)
-        middle = time.perf_counter()
         if result.instances:
             out.status, out.reason = LABELED, None
             out.instances = [i.to_json() for i in result.instances]
             out.pseudo = pseudo_json(row, out.instances)
         else:
             out.status, out.reason = NO_MATCH, result.reason
-        out.seconds.update(t_align=middle - start, t_encode=time.perf_counter() - middle)
     if ids_by_name:
-        start = time.perf_counter()
         out.truth = judged_truth(row, out.instances, ids_by_name)
-        out.seconds["t_judge"] = time.perf_counter() - start
     return out

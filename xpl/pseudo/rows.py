@@ -10,11 +10,12 @@ labeled by the teacher), "labeled", "no_match", "rejected" (bad input; `reason` 
 
 Only Arrow columns cross stages: no per-row json or npz. Caption words and the teacher's chosen
 regions are list columns; only the chosen regions' mask tiles travel from the teacher to the writer.
+No row carries timings: `xpl.pseudo.profile` adds them when a run is profiled.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable
 
 import pyarrow as pa
 
@@ -26,15 +27,6 @@ LABELED = "labeled"
 NO_MATCH = "no_match"
 REJECTED = "rejected"
 STATUSES = (LABELED, NO_MATCH, REJECTED)
-
-# Seconds each stage spent, spread over the rows it handled.
-TIMINGS = ("t_read", "t_decode", "t_teacher", "t_align", "t_encode", "t_judge", "t_write")
-# CPU seconds of the teacher actor's thread (beside its wall seconds `t_teacher`): on a busy CPU
-# machine the gap is time spent waiting for a core, on a GPU the CPU part is the host's work.
-TEACHER_CPU = "t_teacher_cpu"
-# CPU seconds of each actor process, every call's share spread over its rows: all the process did since
-# its previous call (Ray's hand-off, Arrow, the work itself), so start-up and model loading stay out.
-PROCESS_CPU = ("t_teacher_process_cpu", "t_writer_process_cpu")
 
 _COMMON = [
     ("key", pa.string()),
@@ -69,8 +61,6 @@ SAMPLE_SCHEMA = pa.schema(
         ("pix_w", pa.int32()),
         ("scale", pa.float64()),  # original pixels per teacher pixel
         ("words", CAPTION_WORDS),
-        ("t_read", pa.float64()),
-        ("t_decode", pa.float64()),
     ]
 )
 
@@ -93,13 +83,6 @@ RESULT_SCHEMA = pa.schema(
     + [
         ("scale", pa.float64()),
         *SELECTION,
-        ("t_read", pa.float64()),
-        ("t_decode", pa.float64()),
-        ("t_teacher", pa.float64()),
-        ("t_teacher_cpu", pa.float64()),
-        ("t_teacher_process_cpu", pa.float64()),
-        ("teacher_begin", pa.float64()),  # wall clock (epoch s) when the row's teacher batch began
-        ("teacher_end", pa.float64()),  # ... and when it was done
         ("teacher_node", pa.string()),  # Ray node id of the actor that ran the row's teacher batch
     ]
 )
@@ -114,9 +97,6 @@ PART_SCHEMA = pa.schema(
         ("records", pa.string()),  # json list of the part's manifest records, in row order
         ("expected", pa.int64()),  # the shard's sample count, when the part holds its end row
         ("failure", pa.string()),  # the shard's reader failed (end row's reason)
-        ("timings", pa.string()),  # json {stage: seconds summed over the part's rows}
-        ("teacher_begin", pa.float64()),
-        ("teacher_end", pa.float64()),
     ]
 )
 
@@ -126,12 +106,3 @@ def table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
     return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
 
-
-def widen_teacher_window(begin: Optional[float], end: Optional[float],
-                         item: Mapping[str, Any]) -> tuple[Optional[float], Optional[float]]:
-    """The wall-clock window (epoch s) the teacher worked in, widened by a row's or part's
-    `teacher_begin`/`teacher_end` when it has them."""
-    if item.get("teacher_begin") is None:
-        return begin, end
-    item_begin, item_end = item["teacher_begin"], item["teacher_end"]
-    return min(begin or item_begin, item_begin), max(end or item_end, item_end)

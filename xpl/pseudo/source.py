@@ -13,9 +13,8 @@ run retries it. Shards are opened with fsspec, so local paths and any fsspec URL
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import pyarrow as pa
 from ray.data.block import BlockMetadata
@@ -35,10 +34,10 @@ class ShardTask:
 
 
 def read_shard(task: ShardTask, block_rows: int = 32) -> Iterator[pa.Table]:
-    """Blocks of raw sample rows for one shard, the last one ending with the shard's "end" row."""
+    """Blocks of raw sample rows (`SAMPLE_SCHEMA`) for one shard, the last one ending with the shard's "end" row.
+    Members other than the image, .txt and .json are not carried."""
     rows: list[dict] = []
     count = 0
-    start = time.perf_counter()
 
     def sample_row(key: str, members: dict[str, bytes], error: Optional[str]) -> dict:
         suffix = image_member(members)
@@ -57,30 +56,27 @@ def read_shard(task: ShardTask, block_rows: int = 32) -> Iterator[pa.Table]:
                 rows.append(sample_row(key, record.members, record.error))
                 count += 1
                 if len(rows) >= block_rows:
-                    yield _block(rows, start)
-                    rows, start = [], time.perf_counter()
+                    yield table(rows, SAMPLE_SCHEMA)
+                    rows = []
     except OSError as exc:  # missing, permissions, network: the shard fails and is retried by the next run
         failure = f"{READ_ERROR}: {type(exc).__name__}: {exc} (after {count} records)"
     rows.append({"key": None, "url": task.url, "shard": task.name, "kind": END, "count": count, "index": count,
                  "reason": failure})
-    yield _block(rows, start)
+    yield table(rows, SAMPLE_SCHEMA)
 
 
-def _block(rows: list[dict], start: float) -> pa.Table:
-    """Rows as a SAMPLE_SCHEMA table. Members other than the image, .txt and .json are not carried."""
-    per_row = (time.perf_counter() - start) / max(1, len(rows))
-    for row in rows:
-        row["t_read"] = per_row
-    return table(rows, SAMPLE_SCHEMA)
+ReadShard = Callable[[ShardTask, int], Iterator[pa.Table]]
 
 
 class CaptionShardDatasource(Datasource):
-    """One read task per caption shard (shard count bounds read parallelism)."""
+    """One read task per caption shard (shard count bounds read parallelism); `read` reads one shard
+    (`read_shard`, or a wrapper of it such as `xpl.pseudo.profile.timed_read_shard`)."""
 
-    def __init__(self, shards: List[ShardTask], block_rows: int = 32) -> None:
+    def __init__(self, shards: List[ShardTask], block_rows: int = 32, read: ReadShard = read_shard) -> None:
         super().__init__()
         self.shards = list(shards)
         self.block_rows = block_rows
+        self.read = read
 
     def get_name(self) -> str:
         return "ReadCaptionShards"
@@ -93,6 +89,6 @@ class CaptionShardDatasource(Datasource):
         tasks = []
         for shard in self.shards:
             meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=[shard.url], exec_stats=None)
-            tasks.append(ReadTask(lambda s=shard, n=self.block_rows: read_shard(s, n), meta,
+            tasks.append(ReadTask(lambda s=shard, n=self.block_rows, read=self.read: read(s, n), meta,
                                   per_task_row_limit=per_task_row_limit))
         return tasks

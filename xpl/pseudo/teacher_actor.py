@@ -13,7 +13,6 @@ image goes through pinned host memory to the device without blocking.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 import numpy as np
@@ -54,7 +53,6 @@ class Teacher:
                           for cid, e in zip(class_ids, class_embeddings)}
         self.batch_size, self.choice = batch_size, choice
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
     def _image(self, pixels: pa.BinaryScalar, height: int, width: int) -> torch.Tensor:
         array = np.frombuffer(pixels.as_buffer(), dtype=np.uint8).reshape(height, width, 3)
@@ -68,7 +66,8 @@ class Teacher:
 
     def select(self, pixels: list[tuple[pa.BinaryScalar, int, int]],
                words: list[list[dict[str, Any]]]) -> list[Selection]:
-        """The selection of each image (pixels, height, width) for its caption words, `batch_size` images a call."""
+        """The selection of each image (pixels, height, width) for its caption words, `batch_size` images a model
+        call: the actor's model work, called once per block (`xpl.pseudo.profile.ProfiledTeacher` times it)."""
         out: list[Selection] = []
         with torch.inference_mode():
             for at in range(0, len(pixels), self.batch_size):
@@ -82,10 +81,7 @@ class Teacher:
         todo = np.flatnonzero(pending.to_numpy(zero_copy_only=False))
         pixels, heights, widths = batch.column("pixels"), batch.column("pix_h"), batch.column("pix_w")
         words = batch.column("words").take(todo).to_pylist()
-        begin, start, cpu = time.time(), time.perf_counter(), time.thread_time()
         chosen = self.select([(pixels[int(i)], heights[int(i)].as_py(), widths[int(i)].as_py()) for i in todo], words)
-        n = max(1, len(todo))  # the model's seconds (wall and this thread's CPU), spread over its rows
-        per_row, cpu_per_row, end = (time.perf_counter() - start) / n, (time.thread_time() - cpu) / n, time.time()
         status, reason = batch.column("status").to_pylist(), batch.column("reason").to_pylist()
         selections: list[Optional[Selection]] = [None] * len(batch)
         for i, sel in zip(todo, chosen):
@@ -95,17 +91,8 @@ class Teacher:
                 status[i], reason[i] = NO_MATCH, sel.reason
         ran = np.zeros(len(batch), dtype=bool)
         ran[todo] = True
-        process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
         new = {"status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
                **selection_columns(selections),
-               "t_teacher": _where(ran, per_row), "t_teacher_cpu": _where(ran, cpu_per_row),
-               "t_teacher_process_cpu": pa.array(np.full(len(batch), process_cpu / len(batch))),
-               "teacher_begin": _where(ran, begin), "teacher_end": _where(ran, end),
                "teacher_node": pa.array([self.node_id if r else None for r in ran], pa.string())}
         return pa.Table.from_arrays([new[f.name] if f.name in new else batch.column(f.name) for f in RESULT_SCHEMA],
                                     schema=RESULT_SCHEMA)
-
-
-def _where(ran: np.ndarray, value: float) -> pa.Array:
-    """A float64 column: `value` on the rows the teacher ran on, null elsewhere."""
-    return pa.array(np.full(len(ran), value), type=pa.float64(), mask=~ran)

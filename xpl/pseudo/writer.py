@@ -14,7 +14,6 @@ so a block redone after an actor failure rewrites the same part, not a second co
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,13 +24,12 @@ from xpl.data.tar_writer import AtomicTar
 from xpl.pseudo.choice import RegionChoice
 from xpl.pseudo.instances import Labeled, label_row
 from xpl.pseudo.manifest import manifest_record, tmp_dir
-from xpl.pseudo.rows import END, LABELED, PART_SCHEMA, PROCESS_CPU, TEACHER_CPU, TIMINGS, table, widen_teacher_window
+from xpl.pseudo.rows import END, LABELED, PART_SCHEMA, table
 from xpl.pseudo.selection_columns import read_selections
 
 # The columns the writer reads as Python values (the selection columns are read as numpy).
 ROW_COLUMNS = ("key", "url", "shard", "kind", "status", "reason", "count", "index", "image_name", "image", "txt", "meta",
-               "caption", "width", "height", "scale", "teacher_node", "teacher_begin", "teacher_end",
-               *TIMINGS, TEACHER_CPU, PROCESS_CPU[0])
+               "caption", "width", "height", "scale", "teacher_node")
 
 
 def sample_members(row: dict[str, Any], pseudo: str) -> dict[str, bytes]:
@@ -56,9 +54,6 @@ class _Part:
     expected: Optional[int] = None
     failure: Optional[str] = None
     records: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*TIMINGS, TEACHER_CPU, *PROCESS_CPU), 0.0))
-    teacher_begin: Optional[float] = None
-    teacher_end: Optional[float] = None
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         if self.tar is None:
@@ -67,13 +62,10 @@ class _Part:
 
     def finish(self) -> dict[str, Any]:
         """Commit the part's tar (if it has samples); its `PART_SCHEMA` row."""
-        start = time.perf_counter()
         tar = str(self.tar.commit()) if self.tar is not None else None
-        self.timings["t_write"] += time.perf_counter() - start
         return {"shard": self.shard, "url": self.url, "first": self.first, "tar": tar,
                 "records": json.dumps(self.records, separators=(",", ":")), "expected": self.expected,
-                "failure": self.failure, "timings": json.dumps(self.timings), "teacher_begin": self.teacher_begin,
-                "teacher_end": self.teacher_end}
+                "failure": self.failure}
 
 
 class ShardWriter:
@@ -84,17 +76,11 @@ class ShardWriter:
         self.output = Path(output)
         self.mask_threshold = choice.mask_threshold
         self.ids_by_name = ids_by_name
-        self.process_cpu = time.process_time()  # at the end of the previous call (here: of start-up)
 
     def _add(self, part: _Part, row: dict[str, Any], labeled: Labeled) -> None:
-        start = time.perf_counter()
         if labeled.status == LABELED:
             part.write(row["key"], sample_members(row, labeled.pseudo))
         part.records.append(manifest_record(row["key"], labeled, row.get("teacher_node")))
-        row.update(labeled.seconds, t_write=time.perf_counter() - start)
-        for stage in part.timings:
-            part.timings[stage] += row.get(stage) or 0.0
-        part.teacher_begin, part.teacher_end = widen_teacher_window(part.teacher_begin, part.teacher_end, row)
 
     def _part(self, group: list[tuple[dict[str, Any], Any]]) -> _Part:
         """Label and write one shard's rows of a block (their selections beside them) as one part."""
@@ -115,8 +101,4 @@ class ShardWriter:
         groups: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         for row, selection in zip(rows, selections):
             groups.setdefault(row["shard"], []).append((row, selection))
-        parts = [self._part(group) for group in groups.values()]
-        process_cpu, self.process_cpu = time.process_time() - self.process_cpu, time.process_time()
-        for part, group in zip(parts, groups.values()):
-            part.timings[PROCESS_CPU[1]] += process_cpu * len(group) / len(rows)
-        return table([part.finish() for part in parts], PART_SCHEMA)
+        return table([self._part(group).finish() for group in groups.values()], PART_SCHEMA)

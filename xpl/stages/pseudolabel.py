@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -87,7 +87,8 @@ def run_pseudolabel(cfg: DictConfig) -> dict[str, Any]:
     """Pseudo-label `cfg.pseudolabel.input` into `cfg.pseudolabel.output`; return the totals.
 
     The totals cover every input shard (including those finished by earlier runs); `run` holds
-    this run's share: shards and samples processed, seconds, images/s and ms per image per stage.
+    this run's share: shards and samples processed, seconds, images/s and, with `pseudolabel.profile`,
+    ms per image per role (`xpl.pseudo.profile`).
     The output folder is locked for the run (`xpl.folder_lock`): a second run on it is refused.
     A shard whose reader failed (an I/O error) is left without a manifest and named in the error
     raised at the end, after the other shards are done; the next run retries it.
@@ -131,6 +132,7 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
     from xpl.pseudo import manifest
     from xpl.pseudo.choice import RegionChoice
     from xpl.pseudo.dataflow import Settings, run_shards
+    from xpl.pseudo.profile import ms_per_image
     from xpl.ray_cluster import connect, require_gpus
     from xpl.stages.common import stage_logging
 
@@ -138,7 +140,7 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
     output = Path(pl.output)
     failures: dict[str, str] = {}
     with stage_logging(cfg, STAGE, _params(cfg, len(shards), len(vocab))):
-        run = {"shards": len(todo), "samples": 0, "seconds": 0.0, "images_per_s": 0.0, "ms_per_image": {}}
+        run = {"shards": len(todo), "samples": 0, "seconds": 0.0, "images_per_s": 0.0}
         if todo:
             from xpl.text import text_encoder
 
@@ -148,25 +150,25 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
             if pl.num_gpus_per_actor > 0:
                 require_gpus(f"pseudolabel.num_gpus_per_actor={pl.num_gpus_per_actor}")
             start = time.perf_counter()
-            timings: dict[str, float] = defaultdict(float)
+            timings: Counter[str] = Counter()
             done = len(shards) - len(todo)
             for row in run_shards(todo, output=str(output), teacher=str(pl.teacher), vocab=vocab,
                                   class_embeddings=embeddings.numpy(), choice=choice,
-                                  settings=Settings.from_config(pl)):
+                                  settings=Settings.from_config(pl), profile=pl.profile):
                 if row["failure"] is not None:
                     failures[row["shard"]] = row["failure"]
                     log.warning("shard %s failed, left for the next run: %s", row["shard"], row["failure"])
                     continue
                 run["samples"] += row["samples"]
-                for stage, seconds in row["timings"].items():
-                    timings[stage] += seconds
+                timings.update(row.get("timings", {}))
                 log.info("shard %s: %d samples, %d labeled, %d no_match, %d rejected", row["shard"],
                          row["samples"], row["labeled"], row["no_match"], row["rejected"])
                 done += 1
                 mlflow.log_metric("shards_done", done)
             run["seconds"] = time.perf_counter() - start
             run["images_per_s"] = run["samples"] / run["seconds"] if run["seconds"] > 0 else 0.0
-            run["ms_per_image"] = {k.removeprefix("t_"): 1000 * v / max(1, run["samples"]) for k, v in timings.items()}
+            if pl.profile:
+                run["ms_per_image"] = ms_per_image(timings, run["samples"])
 
         records_by_shard = {s.name: manifest.read_manifest(output, s.name) for s in shards}
         missing = [n for n, r in records_by_shard.items() if r is None]
@@ -192,7 +194,7 @@ def _run_and_account(cfg: DictConfig, shards: list[ShardTask], todo: list[ShardT
                 metrics[f"align_score.p{q}"] = scores[min(len(scores) - 1, len(scores) * q // 100)]
         if todo:
             metrics.update(run_samples=run["samples"], run_seconds=run["seconds"], images_per_s=run["images_per_s"])
-            metrics.update({f"ms_per_image.{k}": v for k, v in run["ms_per_image"].items()})
+            metrics.update({f"ms_per_image.{k}": v for k, v in run.get("ms_per_image", {}).items()})
         if quality is not None:
             metrics.update(quality_metrics(quality))
             print(format_report(quality), flush=True)
